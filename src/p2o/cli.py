@@ -1,0 +1,71 @@
+"""The `p2o` command: a thin dispatcher to each stage's own `main(argv)`.
+
+Each subcommand lives in the module that does the work (`p2o.train.cli`, `p2o.toy.cli`, ...) and is
+imported only when called, so `p2o --help` is instant and one stage's heavy imports never slow
+another's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module with `main(argv) -> int`, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": (
+        "p2o.train.cli",
+        "Train a policy with P²O (or plain GRPO): GRPO + GEPA phases + context distillation.",
+    ),
+    "evolve": (
+        "p2o.evolve.cli",
+        "Run one prompt-evolution phase: evolve templates for hard samples with GEPA.",
+    ),
+    "eval": ("p2o.evaluation.cli", "Evaluate checkpoints (and templates) on benchmarks: avg@n, pass@k."),
+    "demo": ("p2o.demo", "Reproduce the paper's comparison in miniature on the toy world (CPU, minutes)."),
+    "toy": (
+        "p2o.toy.cli",
+        "Build the toy world: a tiny local policy whose hard samples only a prompt unlocks.",
+    ),
+    "data": (
+        "p2o.tasks.prep",
+        "Prepare training / held-out subsets (DeepScaleR, DeepMath) from a hub id or file.",
+    ),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="p2o",
+        description="P²O: joint policy and prompt optimization for RL with verifiable rewards.",
+        epilog="Run `p2o <command> --help` for a command's options.",
+    )
+    from p2o import __version__
+
+    parser.add_argument("--version", action="version", version=f"p2o {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="<command>")
+    for name, (_, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv or argv[0] not in COMMANDS:
+        parser.parse_args(argv or ["--help"])
+        return 2
+    name, rest = argv[0], argv[1:]
+    module_name, _ = COMMANDS[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name is not None and module_name.startswith(e.name):
+            print(f"p2o {name}: not built yet (module {module_name} does not exist).", file=sys.stderr)
+            return 3
+        raise
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,382 @@
+"""Configuration: `P2OConfig` extends TRL's `GRPOConfig` with the P²O fields; `P2OScriptArguments`
+names the task, data and program.
+
+Parsed with `trl.TrlParser`, so `p2o train --config configs/x.yaml --learning_rate 1e-6` works like
+`trl grpo`: YAML gives defaults, command-line flags override them. Every field is checked in
+`__post_init__` before any model is loaded; a bad value raises `ConfigError` naming the field and
+what is allowed.
+
+Defaults follow the paper (v3) and its authors' released configuration; see DESIGN.md.
+
+P²O fields, by group:
+
+> Hard-sample mining
+hard_max_successes, min_hard_samples
+
+> Phase schedule
+phase_every_steps, max_phases
+
+> Prompt evolution (GEPA)
+program, dev_max_size, dev_split_threshold, gepa_max_metric_calls, gepa_reflection_minibatch_size,
+gepa_candidate_selection, gepa_samples_per_item, gepa_temperature, gepa_max_tokens, gepa_num_threads,
+feedback_include_gold, proposal_max_chars
+
+> Reflection model
+reflection, reflection_temperature, reflection_max_tokens, meta_prompt
+
+> Context distillation
+distill, crm, crm_low, crm_high, same_template_in_group, untemplated_rollouts
+
+> Policy server
+policy_server, policy_server_port, policy_server_timeout
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+from trl import GRPOConfig
+
+
+class ConfigError(ValueError):
+    """An invalid configuration value. The message names the field and what is allowed."""
+
+
+REFLECTION_CHOICES = ("self", "initial", "toy-teacher", "teacher:<litellm model>")
+CANDIDATE_SELECTION = ("pareto", "current_best", "epsilon_greedy")
+
+
+def _check(cond: bool, field_name: str, allowed: str, value: Any) -> None:
+    if not cond:
+        raise ConfigError(f"{field_name}: must be {allowed} (got {value!r})")
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:  # torch import problems are reported where torch is really needed
+        return False
+
+
+def check_reflection(value: str, field_name: str = "reflection") -> None:
+    ok = value in ("self", "initial", "toy-teacher") or (value.startswith("teacher:") and len(value) > 8)
+    _check(ok, field_name, "one of " + ", ".join(REFLECTION_CHOICES), value)
+
+
+@dataclass
+class P2OConfig(GRPOConfig):
+    r"""GRPO configuration plus the P²O fields. See the module docstring for the groups."""
+
+    # ---- GRPO defaults the paper uses (override TRL's) ----
+    num_generations: int | None = field(
+        default=6, metadata={"help": "K: rollouts per prompt (the paper uses 6)."}
+    )
+    temperature: float = field(default=0.6, metadata={"help": "Sampling temperature of training rollouts."})
+    per_device_train_batch_size: int = field(
+        default=6,
+        metadata={"help": "Completions per device per step; a multiple of num_generations overall."},
+    )
+    vllm_importance_sampling_correction: bool = field(
+        default=False,
+        metadata={
+            "help": "TRL's vLLM importance-sampling correction. Off by default: it would weight templated "
+            "rollouts by π(y|x)/π(y|x̃), undoing context distillation. p2o never applies it to templated "
+            "rollouts even when on."
+        },
+    )
+
+    # ---- hard-sample mining ----
+    hard_max_successes: int = field(
+        default=1,
+        metadata={"help": "τ: a prompt is hard when at most this many of its K rollouts succeed."},
+    )
+    min_hard_samples: int = field(
+        default=100, metadata={"help": "A prompt-evolution phase runs only when at least this many are hard."}
+    )
+
+    # ---- phase schedule ----
+    phase_every_steps: int | None = field(
+        default=None,
+        metadata={"help": "Run a phase every N optimizer steps; None = at the end of each epoch."},
+    )
+    max_phases: int | None = field(default=None, metadata={"help": "Stop running phases after this many."})
+
+    # ---- prompt evolution (GEPA) ----
+    program: str = field(
+        default="math_cot",
+        metadata={"help": "Template program: a name in programs/, a .py file, or a dotted path."},
+    )
+    dev_max_size: int = field(
+        default=300, metadata={"help": "At most this many hard samples form GEPA's dev set."}
+    )
+    dev_split_threshold: int = field(
+        default=450,
+        metadata={"help": "With fewer hard samples than this, split them half dev / half train."},
+    )
+    gepa_max_metric_calls: int = field(
+        default=2000, metadata={"help": "GEPA budget: policy evaluations (one per sample per candidate)."}
+    )
+    gepa_reflection_minibatch_size: int = field(
+        default=3, metadata={"help": "Hard samples shown to the reflection model per proposal."}
+    )
+    gepa_candidate_selection: str = field(
+        default="pareto",
+        metadata={"help": "GEPA candidate selection: " + ", ".join(CANDIDATE_SELECTION) + "."},
+    )
+    gepa_samples_per_item: int = field(
+        default=1, metadata={"help": "Policy samples per dev item when scoring a template (paper: 1 greedy)."}
+    )
+    gepa_temperature: float = field(
+        default=0.0, metadata={"help": "Sampling temperature when scoring templates (0 = greedy)."}
+    )
+    gepa_max_tokens: int | None = field(
+        default=None,
+        metadata={"help": "Max new tokens when scoring templates; None = max_completion_length."},
+    )
+    gepa_num_threads: int = field(default=8, metadata={"help": "Concurrent policy requests during a phase."})
+    feedback_include_gold: bool = field(
+        default=True, metadata={"help": "Show the gold answer to the reflection model in the feedback."}
+    )
+    proposal_max_chars: int = field(
+        default=4000, metadata={"help": "Reject proposed templates longer than this (characters)."}
+    )
+
+    # ---- reflection model ----
+    reflection: str = field(
+        default="initial",
+        metadata={
+            "help": "Reflection model: 'teacher:<litellm model>' (Teacher-Ref; keys from the environment), "
+            "'self' (the live policy), 'initial' (the frozen initial policy: the paper's Self-Ref), "
+            "'toy-teacher' (the toy world's scripted teacher)."
+        },
+    )
+    reflection_temperature: float = field(default=1.0, metadata={"help": "Reflection model temperature."})
+    reflection_max_tokens: int = field(default=4096, metadata={"help": "Reflection model max new tokens."})
+    meta_prompt: str = field(
+        default="default",
+        metadata={
+            "help": "Reflection meta-prompt: a name in programs/meta_prompts/ or a file path. Must contain "
+            "<curr_param> and <side_info>."
+        },
+    )
+
+    # ---- context distillation ----
+    distill: bool = field(
+        default=True,
+        metadata={"help": "Loss of templated rollouts on the original prompt x (False: on x̃, the ablation)."},
+    )
+    crm: bool = field(default=True, metadata={"help": "Context Ratio Mask on templated rollouts."})
+    crm_low: float = field(
+        default=0.01, metadata={"help": "CRM: mask tokens whose π(y|x)/π(y|x̃) is below this."}
+    )
+    crm_high: float = field(
+        default=10.0, metadata={"help": "CRM: mask tokens whose π(y|x)/π(y|x̃) is above this."}
+    )
+    same_template_in_group: bool = field(
+        default=False, metadata={"help": "One template for all K rollouts of a group (ablation)."}
+    )
+    untemplated_rollouts: int = field(
+        default=0, metadata={"help": "Rollouts of each templated group generated without a template."}
+    )
+
+    # ---- policy server (GEPA phase) ----
+    policy_server: str = field(
+        default="auto",
+        metadata={
+            "help": "Server the phase queries: 'auto' (vllm with vllm_mode=server, else transformers), "
+            "'transformers', 'vllm', or an http(s) URL of a running OpenAI-compatible server."
+        },
+    )
+    policy_server_port: int = field(
+        default=0, metadata={"help": "Port for a server p2o launches; 0 = free port."}
+    )
+    policy_server_timeout: float = field(
+        default=300.0, metadata={"help": "Seconds to wait for the policy server to come up."}
+    )
+
+    def __post_init__(self) -> None:
+        if not _cuda_available():
+            # CPU-safe settings instead of failing on a machine without a GPU.
+            self.use_cpu = True
+            self.bf16 = False
+            self.fp16 = False
+            if self.use_vllm:
+                warnings.warn("no CUDA GPU: use_vllm disabled, rollouts generate in-process", stacklevel=2)
+                self.use_vllm = False
+        self.validate_p2o()
+        super().__post_init__()
+
+    def validate_p2o(self) -> None:
+        """Check the P²O fields and the GRPO fields the paper relies on. Raises `ConfigError`."""
+        lr = self.learning_rate
+        _check(isinstance(lr, int | float) and math.isfinite(lr) and lr > 0, "learning_rate", "> 0", lr)
+        _check(
+            self.num_generations is not None and self.num_generations >= 2,
+            "num_generations",
+            "an integer >= 2 (GRPO needs a group)",
+            self.num_generations,
+        )
+        _check(self.temperature >= 0, "temperature", ">= 0", self.temperature)
+        _check(self.beta >= 0, "beta", ">= 0", self.beta)
+        _check(
+            self.per_device_train_batch_size >= 1,
+            "per_device_train_batch_size",
+            ">= 1",
+            self.per_device_train_batch_size,
+        )
+        k = self.num_generations
+        _check(
+            0 <= self.hard_max_successes < k,
+            "hard_max_successes",
+            f"in [0, num_generations={k})",
+            self.hard_max_successes,
+        )
+        _check(self.min_hard_samples >= 1, "min_hard_samples", ">= 1", self.min_hard_samples)
+        _check(
+            self.phase_every_steps is None or self.phase_every_steps >= 1,
+            "phase_every_steps",
+            "None or >= 1",
+            self.phase_every_steps,
+        )
+        _check(self.max_phases is None or self.max_phases >= 0, "max_phases", "None or >= 0", self.max_phases)
+        _check(self.dev_max_size >= 1, "dev_max_size", ">= 1", self.dev_max_size)
+        _check(self.dev_split_threshold >= 2, "dev_split_threshold", ">= 2", self.dev_split_threshold)
+        _check(self.gepa_max_metric_calls >= 1, "gepa_max_metric_calls", ">= 1", self.gepa_max_metric_calls)
+        _check(
+            self.gepa_reflection_minibatch_size >= 1,
+            "gepa_reflection_minibatch_size",
+            ">= 1",
+            self.gepa_reflection_minibatch_size,
+        )
+        _check(
+            self.gepa_candidate_selection in CANDIDATE_SELECTION,
+            "gepa_candidate_selection",
+            "one of " + ", ".join(CANDIDATE_SELECTION),
+            self.gepa_candidate_selection,
+        )
+        _check(self.gepa_samples_per_item >= 1, "gepa_samples_per_item", ">= 1", self.gepa_samples_per_item)
+        _check(self.gepa_temperature >= 0, "gepa_temperature", ">= 0", self.gepa_temperature)
+        _check(
+            self.gepa_max_tokens is None or self.gepa_max_tokens >= 1,
+            "gepa_max_tokens",
+            "None or >= 1",
+            self.gepa_max_tokens,
+        )
+        _check(self.gepa_num_threads >= 1, "gepa_num_threads", ">= 1", self.gepa_num_threads)
+        _check(self.proposal_max_chars >= 16, "proposal_max_chars", ">= 16", self.proposal_max_chars)
+        check_reflection(self.reflection)
+        _check(
+            self.reflection_temperature >= 0, "reflection_temperature", ">= 0", self.reflection_temperature
+        )
+        _check(self.reflection_max_tokens >= 16, "reflection_max_tokens", ">= 16", self.reflection_max_tokens)
+        _check(
+            bool(self.meta_prompt),
+            "meta_prompt",
+            "a name in programs/meta_prompts/ or a file path",
+            self.meta_prompt,
+        )
+        _check(0 < self.crm_low < 1, "crm_low", "in (0, 1)", self.crm_low)
+        _check(self.crm_high > 1, "crm_high", "> 1", self.crm_high)
+        _check(
+            0 <= self.untemplated_rollouts < k,
+            "untemplated_rollouts",
+            f"in [0, num_generations={k})",
+            self.untemplated_rollouts,
+        )
+        server = self.policy_server
+        _check(
+            server in ("auto", "transformers", "vllm") or server.startswith(("http://", "https://")),
+            "policy_server",
+            "'auto', 'transformers', 'vllm' or an http(s) URL",
+            server,
+        )
+        _check(
+            0 <= self.policy_server_port < 65536,
+            "policy_server_port",
+            "in [0, 65535]",
+            self.policy_server_port,
+        )
+        _check(self.policy_server_timeout > 0, "policy_server_timeout", "> 0", self.policy_server_timeout)
+        if self.importance_sampling_level not in ("token", "sequence"):
+            raise ConfigError(
+                f"importance_sampling_level: must be 'token' or 'sequence' (got {self.importance_sampling_level!r})"
+            )
+
+
+@dataclass
+class P2OScriptArguments:
+    """What to train on: model, task, data. (Training hyper-parameters live in `P2OConfig`.)"""
+
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Policy: a local directory or a hub id."}
+    )
+    task: str = field(
+        default="math",
+        metadata={"help": "Task: a registry name (math, toy) or a dotted path 'pkg.mod:factory'."},
+    )
+    dataset: str | None = field(
+        default=None,
+        metadata={
+            "help": "Training data: a hub id or a local .json/.jsonl/.parquet file. None = the task's own."
+        },
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
+    dataset_split: str = field(default="train", metadata={"help": "Split to load from a hub dataset."})
+    problem_field: str | None = field(
+        default=None,
+        metadata={"help": "Column holding the problem (DeepScaleR: problem; DeepMath: question)."},
+    )
+    answer_field: str | None = field(
+        default=None, metadata={"help": "Column holding the reference answer (DeepMath: final_answer)."}
+    )
+    id_field: str | None = field(
+        default=None, metadata={"help": "Column holding a stable sample id; None = derived from the content."}
+    )
+    max_samples: int | None = field(
+        default=None, metadata={"help": "Seeded random subset of this many rows."}
+    )
+    subset_seed: int = field(default=42, metadata={"help": "Seed of the max_samples subset."})
+    skip_bad_rows: bool = field(
+        default=False,
+        metadata={"help": "Skip (and count) rows with a missing/empty problem or answer instead of failing."},
+    )
+    eval_dataset: str | None = field(
+        default=None, metadata={"help": "Held-out data (same forms as dataset)."}
+    )
+    hard_samples: str | None = field(
+        default=None,
+        metadata={
+            "help": "p2o evolve: JSONL of hard samples (sample_id[, problem, answer]); None = mine them."
+        },
+    )
+    resume: bool = field(default=False, metadata={"help": "p2o train: continue the run in output_dir."})
+    dry_run: bool = field(default=False, metadata={"help": "Resolve the config, print the plan, exit."})
+
+    def __post_init__(self) -> None:
+        _check(
+            self.max_samples is None or self.max_samples >= 1, "max_samples", "None or >= 1", self.max_samples
+        )
+
+
+def parse_config(
+    argv: list[str] | None = None, extra: tuple[type, ...] = ()
+) -> tuple[P2OScriptArguments, P2OConfig, Any]:
+    """Parse `--config x.yaml` + CLI overrides into (script args, P2OConfig, *extra).
+
+    Raises `ConfigError` for invalid values and `SystemExit(2)` for unknown flags.
+    """
+    from trl import TrlParser
+
+    parser = TrlParser((P2OScriptArguments, P2OConfig, *extra))
+    try:
+        parsed = parser.parse_args_and_config(args=argv, fail_with_unknown_args=True)
+    except ConfigError:
+        raise
+    except ValueError as e:  # TRL / transformers validation: keep their message, mark it as config
+        raise ConfigError(str(e)) from e
+    return tuple(parsed[: 2 + len(extra)])  # type: ignore[return-value]

@@ -1,0 +1,117 @@
+"""Registries for tasks and verifiers: found by name or by dotted path (`my_pkg.mod:fn`)."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from p2o.tasks.base import Task, Verifier
+
+T = TypeVar("T")
+
+_VERIFIERS: dict[str, Callable[..., Verifier]] = {}
+_TASKS: dict[str, Callable[..., Task]] = {}
+# Modules that register built-ins when imported; imported lazily so `import p2o.tasks` stays light.
+_BUILTIN_MODULES = ("p2o.tasks.math", "p2o.toy.task")
+
+
+def register_verifier(name: str) -> Callable[[Callable[..., Verifier]], Callable[..., Verifier]]:
+    """Decorator: register a verifier *factory* (called with keyword options, returns the verifier)."""
+
+    def deco(factory: Callable[..., Verifier]) -> Callable[..., Verifier]:
+        _VERIFIERS[name] = factory
+        return factory
+
+    return deco
+
+
+def register_task(name: str) -> Callable[[Callable[..., Task]], Callable[..., Task]]:
+    """Decorator: register a task factory (called with keyword options, returns a `Task`)."""
+
+    def deco(factory: Callable[..., Task]) -> Callable[..., Task]:
+        _TASKS[name] = factory
+        return factory
+
+    return deco
+
+
+def _load_builtins() -> None:
+    for mod in _BUILTIN_MODULES:
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name != mod:  # a real missing dependency, not an absent optional module
+                raise
+
+
+def import_object(path: str) -> Any:
+    """Import `pkg.mod:attr` (or `pkg.mod.attr`)."""
+    if ":" in path:
+        mod_name, attr = path.split(":", 1)
+    elif "." in path:
+        mod_name, attr = path.rsplit(".", 1)
+    else:
+        raise ValueError(f"{path!r} is not a dotted path; expected 'package.module:name'")
+    try:
+        mod = importlib.import_module(mod_name)
+    except ModuleNotFoundError as e:
+        raise ValueError(f"cannot import module {mod_name!r} (from {path!r}): {e}") from e
+    obj = mod
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ValueError(f"module {mod_name!r} has no attribute {attr!r} (from {path!r})")
+        obj = getattr(obj, part)
+    return obj
+
+
+def _resolve(kind: str, table: dict[str, Callable[..., T]], name: str, kwargs: dict[str, Any]) -> T:
+    _load_builtins()
+    if name in table:
+        return table[name](**kwargs)
+    if ":" in name or "." in name:
+        obj = import_object(name)
+        # A dotted path may name a factory (a class or function taking options) or the thing itself.
+        if kind == "verifier" and not kwargs and _looks_like_verifier(obj):
+            return obj  # type: ignore[return-value]
+        if kind == "task" and isinstance(obj, Task):
+            return obj  # type: ignore[return-value]
+        return obj(**kwargs)
+    known = ", ".join(sorted(table)) or "(none)"
+    raise ValueError(f"unknown {kind} {name!r}. Registered: {known}; or give a dotted path 'pkg.mod:fn'.")
+
+
+def _looks_like_verifier(obj: Any) -> bool:
+    import inspect
+
+    if isinstance(obj, type):
+        return False
+    try:
+        params = [
+            p
+            for p in inspect.signature(obj).parameters.values()
+            if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+    except (TypeError, ValueError):
+        return True
+    return len(params) == 2
+
+
+def get_verifier(name_or_path: str, **kwargs: Any) -> Verifier:
+    """A verifier by registry name (`math`, `toy`, ...) or dotted path (`my_pkg.mod:fn`)."""
+    return _resolve("verifier", _VERIFIERS, name_or_path, kwargs)
+
+
+def get_task(name_or_path: str, **kwargs: Any) -> Task:
+    """A task by registry name (`math`, `toy`, ...) or dotted path to a `Task` or task factory."""
+    return _resolve("task", _TASKS, name_or_path, kwargs)
+
+
+def list_verifiers() -> list[str]:
+    _load_builtins()
+    return sorted(_VERIFIERS)
+
+
+def list_tasks() -> list[str]:
+    _load_builtins()
+    return sorted(_TASKS)
