@@ -129,5 +129,5 @@ def test_read_hard_samples(tmp_path):
     got = read_hard_samples(p, known)
     assert [s.sample_id for s in got] == ["k1", "n1"] and got[1].answer == "2"
     write_jsonl(p, [{"sample_id": "zz"}])
-    with pytest.raises(DataError, match="line 1.*'problem'"):
+    with pytest.raises(DataError, match=r"line 1.*'problem'"):
         read_hard_samples(p, known)

@@ -1,0 +1,529 @@
+"""`P2OTrainer`: TRL's GRPO trainer with templated rollouts, context distillation and hard-sample mining.
+
+How one P²O round reads, top to bottom:
+
+1. **Rollouts.** TRL's sampler hands each prompt x K times in a row. For a sample with an assignment,
+   rollout k is generated from x̃ = T(x, z_k) (`render_augmented`, the one renderer); the rest from x.
+   Generation is TRL's own (`_tokenize_prompts` + `_generate_single_turn`: in-process on CPU, the vLLM
+   server in server mode) called through TRL's `rollout_func` hook.
+2. **Context distillation.** The hook returns the token ids of the *original* x as `prompt_ids`, so
+   TRL computes the policy-gradient loss and old log-probs on log π(y | x). With `distill=False` it
+   returns x̃'s ids instead (the paper's "w/o context distillation" ablation).
+3. **Context Ratio Mask.** For templated rollouts, per token, ratio = π(y|x)/π(y|x̃) under the
+   generating policy; tokens outside [crm_low, crm_high] get a 0 in TRL's loss-only `tool_mask`
+   (attention is untouched). `num_items_in_batch` is recomputed so the masked tokens leave the
+   normaliser too.
+4. **Importance sampling.** Templated rollouts hand NaN sampling log-probs to TRL, which turns them
+   into a ratio of exactly 1: no vLLM correction ever multiplies a templated rollout by
+   π(y|x)/π(y|x̃).
+5. **Hard-sample mining.** Rewards are gathered across ranks; each group updates the
+   `HardSampleTracker` on every rank.
+6. **Phase** (end of each epoch, or every `phase_every_steps`): sync the policy to the server, run
+   the GEPA phase on the main process when at least `min_hard_samples` are hard, broadcast the
+   assignments. They take effect from the next generation. A checkpoint is saved right after, and
+   `p2o_state.json` ties each round to it.
+
+With nothing templated a step is exactly TRL's GRPO step.
+
+Where p2o departs from the paper: `untemplated_rollouts` (from the authors' configuration) can leave
+some rollouts of a templated group untemplated, so a group whose templated rollouts all succeed
+still carries advantage; the CRM is computed once, at generation time, with the generating policy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate.utils import broadcast_object_list, gather, gather_object
+from transformers import TrainerCallback
+from trl import GRPOTrainer
+from trl.trainer.utils import pad
+
+from p2o.config import P2OConfig
+from p2o.tasks.base import Sample, Task
+from p2o.templates import render_augmented
+from p2o.train.hard import HardSampleTracker
+from p2o.train.rewards import VerifierReward, completion_text
+
+STATE_FILE = "p2o_state.json"
+CHECKPOINT_STATE_FILE = "p2o_trainer_state.json"
+SAMPLE_LOG_LIMIT = 400  # rows per round in rounds/round-NNN/samples.jsonl
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    with tmp.open("w") as f:
+        json.dump(data, f, indent=2, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+@dataclass
+class PolicyHandle:
+    """What a phase needs to reach the live policy: a checkpoint directory (CPU: served by
+    `transformers serve`) or the URL of a server whose weights were just synced (vLLM)."""
+
+    checkpoint: Path | None = None
+    url: str | None = None
+    model_name: str | None = None
+
+
+PhaseRunner = Callable[..., Any]
+
+
+def default_phase_runner(**kwargs: Any) -> Any:
+    from p2o.evolve import run_phase
+
+    return run_phase(**kwargs)
+
+
+class P2OTrainer(GRPOTrainer):
+    """GRPO + templated rollouts + context distillation + hard-sample mining + GEPA phases.
+
+    Args:
+        model: as for `GRPOTrainer` (a path, hub id or model).
+        task: the `Task` (its verifier is the reward).
+        args: a `P2OConfig`.
+        train_dataset: a dataset with `prompt` (messages of x), `sample_id` and `answer` columns
+            (`p2o.tasks.data.to_dataset`).
+        samples: sample id → `Sample`, for building the hard set; derived from `train_dataset` if omitted.
+        phase_runner: called on the main process as `phase_runner(config=, task=, hard_samples=,
+            policy=, output_dir=)` and returning an object with `templates` (id → text),
+            `assignments` (sample id → K template ids) and `stats`; default `p2o.evolve.run_phase`.
+        enable_phases: False trains plain GRPO (the baseline) while still tracking hard samples.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        task: Task,
+        args: P2OConfig,
+        train_dataset: Any,
+        samples: dict[str, Sample] | None = None,
+        phase_runner: PhaseRunner | None = None,
+        enable_phases: bool = True,
+        processing_class: Any = None,
+        callbacks: list[TrainerCallback] | None = None,
+        **kwargs: Any,
+    ):
+        os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+        self.task = task
+        self.reward = VerifierReward(task.verifier)
+        self.tracker = HardSampleTracker(args.hard_max_successes)
+        self.templates: dict[str, str] = {}
+        self.assignments: dict[str, list[str]] = {}
+        self.rounds: list[dict[str, Any]] = []
+        self.phase_runner = phase_runner or default_phase_runner
+        self.enable_phases = enable_phases
+        if samples is None:
+            samples = {
+                sid: Sample(sid, prob, str(ans))
+                for sid, prob, ans in zip(
+                    train_dataset["sample_id"], train_dataset["problem"], train_dataset["answer"], strict=True
+                )
+            }
+        self.samples = samples
+        self._batch_sample_ids: list[str] | None = None
+        self._rollout_info: dict[str, Any] | None = None
+        self._last_rewards: torch.Tensor | None = None
+        self._sample_log_rows = 0
+        self._policy_server: Any = None
+        super().__init__(
+            model=model,
+            reward_funcs=[self.reward],
+            args=args,
+            train_dataset=train_dataset,
+            processing_class=processing_class,
+            rollout_func=self._rollout,
+            callbacks=callbacks,
+            **kwargs,
+        )
+        self.add_callback(PhaseCallback(self))
+
+    # ------------------------------------------------------------------ rollouts
+
+    def template_for(self, sample_id: str, k: int, num_generations: int) -> str | None:
+        """The template id of rollout k of a sample's group, or None for an untemplated rollout."""
+        tids = self.assignments.get(sample_id)
+        if not tids:
+            return None
+        if k >= num_generations - self.args.untemplated_rollouts:
+            return None
+        return tids[0] if self.args.same_template_in_group else tids[k % len(tids)]
+
+    def _rollout(self, prompts: list, trainer: Any) -> dict[str, Any]:
+        mode = "train" if self.model.training else "eval"
+        num_generations = self.num_generations if mode == "train" else self.num_generations_eval
+        ids = self._batch_sample_ids or [None] * len(prompts)
+        offset = self.accelerator.process_index * len(prompts)
+        template_ids: list[str | None] = []
+        for i, sid in enumerate(ids):
+            tid = None
+            if mode == "train" and sid is not None:
+                tid = self.template_for(sid, (offset + i) % num_generations, num_generations)
+            template_ids.append(tid)
+        templated = [t is not None for t in template_ids]
+
+        gen_prompts = [
+            render_augmented(p, self.templates[t]) if t is not None else p
+            for p, t in zip(prompts, template_ids, strict=True)
+        ]
+        gen_prompt_ids, images, mm_fields = self._tokenize_prompts(gen_prompts)
+        gen_prompt_ids = [list(x) for x in gen_prompt_ids]
+        # Every rank must pass the same `num_generations` (vLLM server mode gathers prompts and
+        # de-duplicates by stride): once any assignment exists, each rollout is its own request.
+        n = 1 if self.assignments else num_generations
+        completion_ids, logprobs = self._generate_single_turn(gen_prompt_ids, images, mm_fields, n)
+
+        if any(templated) and self.args.distill:
+            orig_prompt_ids = [list(x) for x in self._tokenize_prompts(prompts)[0]]
+            loss_prompt_ids = orig_prompt_ids
+            if logprobs is not None:  # neutralise IS correction for templated rollouts (ratio := 1)
+                logprobs = [
+                    [float("nan")] * len(lp) if t else lp for lp, t in zip(logprobs, templated, strict=True)
+                ]
+        else:
+            loss_prompt_ids = gen_prompt_ids
+        self._rollout_info = {
+            "templated": templated,
+            "template_ids": template_ids,
+            "gen_prompt_ids": gen_prompt_ids,
+            "gen_prompts": gen_prompts,
+        }
+        return {"prompt_ids": loss_prompt_ids, "completion_ids": completion_ids, "logprobs": logprobs}
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._last_rewards = rewards  # gathered across ranks: (global batch, n reward funcs)
+        return rewards
+
+    def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        mode = "train" if self.model.training else "eval"
+        self._batch_sample_ids = [str(x["sample_id"]) if "sample_id" in x else None for x in inputs]
+        self._rollout_info = None
+        out = super()._generate_and_score_completions(inputs)
+        info = self._rollout_info or {"templated": [False] * len(inputs)}
+        templated = info["templated"]
+        if mode != "train":
+            return out
+
+        crm_stats = None
+        if any(templated) and self.args.distill and self.args.crm:
+            crm_stats = self._apply_crm(out, info)
+        self._track_and_log(inputs, templated, crm_stats)
+        return out
+
+    @torch.no_grad()
+    def _apply_crm(self, out: dict[str, Any], info: dict[str, Any]) -> tuple[int, int]:
+        """Mask templated-rollout tokens whose π(y|x)/π(y|x̃) is outside [crm_low, crm_high]."""
+        device = self.accelerator.device
+        rows = [i for i, t in enumerate(info["templated"]) if t]
+        comp_ids, comp_mask = out["completion_ids"][rows], out["completion_mask"][rows]
+        aug = [torch.tensor(info["gen_prompt_ids"][i]) for i in rows]
+        aug_ids = pad(aug, padding_value=self._tokenizer.pad_token_id, padding_side="left").to(device)
+        aug_mask = pad([torch.ones_like(a) for a in aug], padding_value=0, padding_side="left").to(device)
+        logits_to_keep = comp_ids.size(1)
+        bs = self.args.per_device_train_batch_size
+        logp_aug, _, _ = self._get_per_token_logps_and_entropies(
+            self.model,
+            torch.cat([aug_ids, comp_ids], 1),
+            torch.cat([aug_mask, comp_mask], 1),
+            logits_to_keep,
+            bs,
+        )
+        if out.get("old_per_token_logps") is not None:
+            logp_x = out["old_per_token_logps"][rows]
+        else:
+            p_ids, p_mask = out["prompt_ids"][rows], out["prompt_mask"][rows]
+            logp_x, _, _ = self._get_per_token_logps_and_entropies(
+                self.model,
+                torch.cat([p_ids, comp_ids], 1),
+                torch.cat([p_mask, comp_mask], 1),
+                logits_to_keep,
+                bs,
+            )
+        keep = crm_keep_mask(logp_x, logp_aug, self.args.crm_low, self.args.crm_high).int() * comp_mask
+        crm_mask = torch.ones_like(out["completion_mask"])
+        crm_mask[rows] = keep
+        if "tool_mask" in out:
+            crm_mask = crm_mask * out["tool_mask"]
+        out["tool_mask"] = crm_mask
+        loss_mask = out["completion_mask"] * crm_mask
+        out["num_items_in_batch"] = gather(loss_mask.sum()).sum()
+        return int(comp_mask.sum().item() - keep.sum().item()), int(comp_mask.sum().item())
+
+    def _track_and_log(self, inputs: list[dict[str, Any]], templated: list[bool], crm_stats) -> None:
+        metrics = self._metrics["train"]
+        k = self.num_generations
+        all_ids = gather_object([str(x.get("sample_id")) for x in inputs])
+        all_templated = gather_object(list(templated))
+        rewards = self._last_rewards[:, 0].nan_to_num(0.0).tolist() if self._last_rewards is not None else []
+        rows = list(zip(all_ids, rewards, all_templated, strict=False))
+        counts = self.tracker.update_groups(rows, k, self.state.global_step)
+
+        n = max(len(rows), 1)
+        t_rewards = [r for _, r, t in rows if t]
+        p_rewards = [r for _, r, t in rows if not t]
+        metrics["p2o/templated_frac"].append(len(t_rewards) / n)
+        if t_rewards:
+            metrics["p2o/reward_templated"].append(sum(t_rewards) / len(t_rewards))
+        if p_rewards:
+            metrics["p2o/reward_plain"].append(sum(p_rewards) / len(p_rewards))
+        groups = [rows[s : s + k] for s in range(0, len(rows) - k + 1, k)]
+        zero_t = [len({r for _, r, _ in g}) == 1 for g in groups if any(t for _, _, t in g)]
+        zero_p = [len({r for _, r, _ in g}) == 1 for g in groups if not any(t for _, _, t in g)]
+        if zero_t:
+            metrics["p2o/zero_std_frac_templated"].append(sum(zero_t) / len(zero_t))
+        if zero_p:
+            metrics["p2o/zero_std_frac_plain"].append(sum(zero_p) / len(zero_p))
+        metrics["p2o/hard_group_frac"].append(counts["hard"] / max(counts["groups"], 1))
+        metrics["p2o/rescued_groups"].append(float(counts["rescued"]))
+        metrics["p2o/hard_count"].append(float(len(self.tracker.hard_ids())))
+        metrics["p2o/assigned_samples"].append(float(len(self.assignments)))
+        if crm_stats is not None:
+            local = torch.tensor(crm_stats, dtype=torch.float64, device=self.accelerator.device)
+            masked, total = gather(local.unsqueeze(0)).sum(0).tolist()
+            metrics["p2o/crm_masked_frac"].append(masked / max(total, 1.0))
+        self._log_samples(inputs, templated)
+
+    def _log_samples(self, inputs: list[dict[str, Any]], templated: list[bool]) -> None:
+        """A few readable rows per generation: prompt, template, completion, verdict."""
+        if not self.accelerator.is_main_process or self._sample_log_rows >= SAMPLE_LOG_LIMIT:
+            return
+        info = self._rollout_info or {}
+        verdicts = self.reward.last_verdicts
+        logs = self._logs
+        completions = list(logs["completion"])[-len(inputs) :] if logs.get("completion") else []
+        path = self.round_dir(len(self.rounds) + 1) / "samples.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        picks = [i for i, t in enumerate(templated) if t][:2] + [i for i, t in enumerate(templated) if not t][
+            :2
+        ]
+        with path.open("a") as f:
+            for i in picks:
+                v = verdicts[i] if i < len(verdicts) else None
+                row = {
+                    "step": self.state.global_step,
+                    "sample_id": inputs[i].get("sample_id"),
+                    "problem": inputs[i].get("problem"),
+                    "template_id": (info.get("template_ids") or [None] * len(inputs))[i],
+                    "template": self.templates.get(
+                        (info.get("template_ids") or [None] * len(inputs))[i] or ""
+                    ),
+                    "completion": completion_text(completions[i]) if i < len(completions) else None,
+                    "answer": inputs[i].get("answer"),
+                    "score": v.score if v else None,
+                    "feedback": v.feedback if v else None,
+                }
+                f.write(json.dumps(row) + "\n")
+                self._sample_log_rows += 1
+
+    # ------------------------------------------------------------------ the phase
+
+    def round_dir(self, index: int) -> Path:
+        return Path(self.args.output_dir) / "rounds" / f"round-{index:03d}"
+
+    def phases_left(self) -> bool:
+        return self.enable_phases and (
+            self.args.max_phases is None or len(self.rounds) < self.args.max_phases
+        )
+
+    def sync_policy(self, round_dir: Path) -> PolicyHandle:
+        """Make the server see the current weights. Called on every rank."""
+        if self.use_vllm and self.args.vllm_mode == "server":
+            self.vllm_generation.sync_weights()
+            self._last_loaded_step = self.state.global_step
+            base = (
+                self.args.vllm_server_base_url
+                or f"http://{self.args.vllm_server_host}:{self.args.vllm_server_port}"
+            )
+            return PolicyHandle(url=base.rstrip("/") + "/v1", model_name=str(self.model.config._name_or_path))
+        ckpt = round_dir / "policy"
+        if self.accelerator.is_main_process:
+            unwrapped = self.accelerator.unwrap_model(self.model)
+            unwrapped.save_pretrained(ckpt, safe_serialization=True)
+            self.processing_class.save_pretrained(ckpt)
+        self.accelerator.wait_for_everyone()
+        return PolicyHandle(checkpoint=ckpt)
+
+    def run_p2o_phase(self) -> dict[str, Any]:
+        """One prompt-evolution phase, on every rank (the GEPA work runs on the main process)."""
+        index = len(self.rounds) + 1
+        rdir = self.round_dir(index)
+        hard_ids = self.tracker.hard_ids()
+        record: dict[str, Any] = {
+            "round": index,
+            "global_step": self.state.global_step,
+            "epoch": self.state.epoch,
+            "n_hard": len(hard_ids),
+            "n_tracked": len(self.tracker.stats),
+        }
+        t0 = time.perf_counter()
+        main = self.accelerator.is_main_process
+        if main:
+            rdir.mkdir(parents=True, exist_ok=True)
+            with (rdir / "hard.jsonl").open("w") as f:
+                for sid in hard_ids:
+                    s, st = self.samples.get(sid), self.tracker.stats[sid]
+                    f.write(
+                        json.dumps(
+                            {
+                                "sample_id": sid,
+                                "problem": s.problem if s else None,
+                                "answer": s.answer if s else None,
+                                "last_successes": st.last_successes,
+                                "last_templated": st.last_templated,
+                            }
+                        )
+                        + "\n"
+                    )
+        if len(hard_ids) < self.args.min_hard_samples:
+            record["status"] = "skipped"
+            record["reason"] = f"{len(hard_ids)} hard < min_hard_samples={self.args.min_hard_samples}"
+        else:
+            policy = self.sync_policy(rdir)
+            payload: list[Any] = [None]
+            if main:
+                hard = [self.samples[sid] for sid in hard_ids if sid in self.samples]
+                result = self.phase_runner(
+                    config=self.args,
+                    task=self.task,
+                    hard_samples=hard,
+                    policy=policy,
+                    output_dir=rdir / "evolve",
+                )
+                payload = [(dict(result.templates), dict(result.assignments), dict(result.stats))]
+            broadcast_object_list(payload, from_process=0)
+            templates, assignments, stats = payload[0]
+            prefix = f"r{index}:"
+            self.templates.update({prefix + tid: text for tid, text in templates.items()})
+            self.assignments.update({sid: [prefix + t for t in tids] for sid, tids in assignments.items()})
+            record["status"] = "done"
+            record["n_templates"] = len(templates)
+            record["n_assigned"] = len(assignments)
+            record["phase"] = {
+                k: v for k, v in stats.items() if not isinstance(v, dict | list) or k == "rejected"
+            }
+        record["seconds"] = round(time.perf_counter() - t0, 3)
+        self.rounds.append(record)
+        if main:
+            write_json_atomic(rdir / "round.json", record)
+            self.write_run_state()
+        metrics = self._metrics["train"]
+        metrics["p2o/phase_seconds"].append(record["seconds"])
+        metrics["p2o/phase_hard"].append(float(len(hard_ids)))
+        if "phase" in record:
+            metrics["p2o/phase_metric_calls"].append(float(record["phase"].get("metric_calls", 0)))
+        return record
+
+    # ------------------------------------------------------------------ state & resume
+
+    def p2o_state(self) -> dict[str, Any]:
+        return {
+            "rounds": self.rounds,
+            "templates": self.templates,
+            "assignments": self.assignments,
+            "tracker": self.tracker.to_json(),
+            "global_step": self.state.global_step,
+        }
+
+    def load_p2o_state(self, data: dict[str, Any]) -> None:
+        self.rounds = list(data.get("rounds", []))
+        self.templates = dict(data.get("templates", {}))
+        self.assignments = {k: list(v) for k, v in data.get("assignments", {}).items()}
+        self.tracker = HardSampleTracker.from_json(data.get("tracker", {}))
+        self.tracker.hard_max_successes = self.args.hard_max_successes
+
+    def write_run_state(self, checkpoint: str | None = None) -> None:
+        """`output_dir/p2o_state.json`: the rounds and the checkpoint each is tied to."""
+        path = Path(self.args.output_dir) / STATE_FILE
+        prev = json.loads(path.read_text()) if path.exists() else {}
+        checkpoints = prev.get("checkpoints", {})
+        if checkpoint:
+            checkpoints[checkpoint] = {"global_step": self.state.global_step, "rounds": len(self.rounds)}
+        write_json_atomic(
+            path,
+            {
+                "rounds": self.rounds,
+                "checkpoints": checkpoints,
+                "latest_checkpoint": checkpoint or prev.get("latest_checkpoint"),
+                "assigned_samples": len(self.assignments),
+                "templates": len(self.templates),
+            },
+        )
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+        folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        if self.accelerator.is_main_process and folder.exists():
+            write_json_atomic(folder / CHECKPOINT_STATE_FILE, self.p2o_state())
+            self.write_run_state(folder.name)
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any):
+        if resume_from_checkpoint:
+            from transformers.trainer_utils import get_last_checkpoint
+
+            ckpt = (
+                get_last_checkpoint(self.args.output_dir)
+                if resume_from_checkpoint is True
+                else str(resume_from_checkpoint)
+            )
+            if ckpt is None:
+                resume_from_checkpoint = None  # nothing saved yet: start from scratch
+            else:
+                state_file = Path(ckpt) / CHECKPOINT_STATE_FILE
+                if state_file.exists():
+                    self.load_p2o_state(json.loads(state_file.read_text()))
+                resume_from_checkpoint = ckpt
+        try:
+            return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        finally:
+            if self._policy_server is not None:
+                self._policy_server.stop()
+
+
+def crm_keep_mask(logp_x: torch.Tensor, logp_aug: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """1 where low <= π(y|x)/π(y|x̃) <= high, computed in log space."""
+    log_ratio = logp_x - logp_aug
+    import math
+
+    return (log_ratio >= math.log(low)) & (log_ratio <= math.log(high))
+
+
+class PhaseCallback(TrainerCallback):
+    """Runs the phase on schedule and asks for a checkpoint right after it, so a finished round is
+    never lost."""
+
+    def __init__(self, trainer: P2OTrainer):
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):
+        every = self.trainer.args.phase_every_steps
+        if every and state.global_step % every == 0 and self.trainer.phases_left():
+            if self._run(state):
+                control.should_save = True
+        return control
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if self.trainer.args.phase_every_steps is None and self.trainer.phases_left():
+            if self._run(state):
+                control.should_save = True
+        return control
+
+    def _run(self, state) -> bool:
+        done = {r["global_step"] for r in self.trainer.rounds}
+        if state.global_step in done:  # resumed right after this step's phase
+            return False
+        self.trainer.run_p2o_phase()
+        return True
