@@ -12,72 +12,14 @@ import pytest
 import torch
 
 from p2o.config import P2OConfig
-from p2o.tasks import Sample, Task, Verdict
 from p2o.tasks.data import to_dataset
 from p2o.train.trainer import P2OTrainer, crm_keep_mask
-
-WORDS = [str(d) for d in range(10)] + ["+", "think", "step", "by", "HINT", "answer", "is", "what"]
-TEMPLATE = "HINT think step by step"
-
-
-def build_tiny_model(path: Path) -> Path:
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
-
-    specials = ["<pad>", "<eos>", "<unk>", "<user>", "<assistant>"]
-    vocab = {w: i for i, w in enumerate(specials + WORDS)}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>"
-    )
-    fast.chat_template = (
-        "{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }} {% endfor %}"
-        "{% if add_generation_prompt %}<assistant> {% endif %}"
-    )
-    fast.save_pretrained(path)
-    torch.manual_seed(0)
-    cfg = Qwen3Config(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-        max_position_embeddings=64,
-        pad_token_id=0,
-        eos_token_id=1,
-        bos_token_id=1,
-        tie_word_embeddings=True,
-    )
-    model = Qwen3ForCausalLM(cfg)
-    model.generation_config.eos_token_id = 1
-    model.generation_config.pad_token_id = 0
-    model.save_pretrained(path)
-    return path
+from tests.tiny_world import TEMPLATE, build_tiny_model, tiny_samples, tiny_task
 
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
-
-
-def tiny_task() -> Task:
-    def verifier(completion: str, reference: str) -> Verdict:
-        got = completion.split()[:1]
-        ok = got == [reference]
-        return Verdict(float(ok), f"Your final answer {got} is {'correct' if ok else 'incorrect'}.")
-
-    return Task(
-        name="tiny",
-        build_messages=lambda q: [{"role": "user", "content": q}],
-        verifier=verifier,
-    )
-
-
-def samples(n=4) -> list[Sample]:
-    return [Sample(f"s{i}", f"what is {i} + {i}", str((2 * i) % 10)) for i in range(n)]
 
 
 def make_config(tmp_path: Path, **kw) -> P2OConfig:
@@ -126,7 +68,7 @@ class ScriptedPhase:
 
 def make_trainer(tiny_model, tmp_path, phase_runner=None, **kw):
     task = tiny_task()
-    ds = to_dataset(task, samples())
+    ds = to_dataset(task, tiny_samples())
     return P2OTrainer(
         model=str(tiny_model),
         task=task,
@@ -146,7 +88,7 @@ def generated_batch(trainer):
 def test_templated_rollouts_loss_on_original_prompt(tiny_model, tmp_path):
     tr = make_trainer(tiny_model, tmp_path)
     tr.templates = {"t0": TEMPLATE}
-    tr.assignments = {s.sample_id: ["t0"] * 3 for s in samples()}
+    tr.assignments = {s.sample_id: ["t0"] * 3 for s in tiny_samples()}
     batch, out = generated_batch(tr)
     tok = tr.processing_class
     gen_text = [tok.decode(ids) for ids in tr._rollout_info["gen_prompt_ids"]]
@@ -162,7 +104,7 @@ def test_templated_rollouts_loss_on_original_prompt(tiny_model, tmp_path):
 def test_no_distill_loss_on_templated_prompt(tiny_model, tmp_path):
     tr = make_trainer(tiny_model, tmp_path, distill=False)
     tr.templates = {"t0": TEMPLATE}
-    tr.assignments = {s.sample_id: ["t0"] * 3 for s in samples()}
+    tr.assignments = {s.sample_id: ["t0"] * 3 for s in tiny_samples()}
     _, out = generated_batch(tr)
     tok = tr.processing_class
     loss_text = [
@@ -197,7 +139,7 @@ def test_crm_mask_hand_built():
 def test_crm_masks_exactly_out_of_bound_tokens(tiny_model, tmp_path):
     tr = make_trainer(tiny_model, tmp_path, crm_low=0.9, crm_high=1.1)
     tr.templates = {"t0": TEMPLATE}
-    tr.assignments = {s.sample_id: ["t0"] * 3 for s in samples()}
+    tr.assignments = {s.sample_id: ["t0"] * 3 for s in tiny_samples()}
     _, out = generated_batch(tr)
     info = tr._rollout_info
     # Recompute both log-probs independently (at the sampling temperature, as TRL scores tokens) and
@@ -226,7 +168,7 @@ def test_crm_masks_exactly_out_of_bound_tokens(tiny_model, tmp_path):
 def test_crm_off_means_no_mask(tiny_model, tmp_path):
     tr = make_trainer(tiny_model, tmp_path, crm=False)
     tr.templates = {"t0": TEMPLATE}
-    tr.assignments = {s.sample_id: ["t0"] * 3 for s in samples()}
+    tr.assignments = {s.sample_id: ["t0"] * 3 for s in tiny_samples()}
     _, out = generated_batch(tr)
     assert "tool_mask" not in out
 
@@ -237,7 +179,7 @@ def test_nothing_templated_matches_trl_grpo(tiny_model, tmp_path):
     from trl import GRPOTrainer
 
     task = tiny_task()
-    ds = to_dataset(task, samples())
+    ds = to_dataset(task, tiny_samples())
     args = make_config(tmp_path)
     ours = P2OTrainer(model=str(tiny_model), task=task, args=args, train_dataset=ds, enable_phases=False)
     theirs = GRPOTrainer(model=str(tiny_model), reward_funcs=[ours.reward], args=args, train_dataset=ds)

@@ -319,6 +319,10 @@ class P2OScriptArguments:
         default="math",
         metadata={"help": "Task: a registry name (math, toy) or a dotted path 'pkg.mod:factory'."},
     )
+    task_kwargs: dict | str | None = field(
+        default=None,
+        metadata={"help": "Options for the task factory, e.g. {seed: 0} (a YAML mapping or a JSON string)."},
+    )
     dataset: str | None = field(
         default=None,
         metadata={
@@ -360,6 +364,21 @@ class P2OScriptArguments:
     def __post_init__(self) -> None:
         _check(
             self.max_samples is None or self.max_samples >= 1, "max_samples", "None or >= 1", self.max_samples
+        )
+        if isinstance(self.task_kwargs, str):
+            import json
+
+            try:
+                self.task_kwargs = json.loads(self.task_kwargs)
+            except json.JSONDecodeError as e:
+                raise ConfigError(
+                    f"task_kwargs: must be a JSON object (got {self.task_kwargs!r}): {e}"
+                ) from e
+        _check(
+            self.task_kwargs is None or isinstance(self.task_kwargs, dict),
+            "task_kwargs",
+            "a mapping",
+            self.task_kwargs,
         )
 
 

@@ -66,3 +66,5 @@ class Task:
     splits: Callable[[str], list[Sample]] | None = None
     # Keyword arguments passed to the tokenizer's apply_chat_template wherever a prompt is rendered.
     chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
+    # The policy to use when none is named (the toy world builds its own); None = the user must name one.
+    default_model: Callable[[], str] | None = None

@@ -390,6 +390,8 @@ class P2OTrainer(GRPOTrainer):
             record["status"] = "skipped"
             record["reason"] = f"{len(hard_ids)} hard < min_hard_samples={self.args.min_hard_samples}"
         else:
+            if main:
+                self._notify("phase_started", index, len(hard_ids), self.state.global_step)
             policy = self.sync_policy(rdir)
             payload: list[Any] = [None]
             if main:
@@ -418,12 +420,19 @@ class P2OTrainer(GRPOTrainer):
         if main:
             write_json_atomic(rdir / "round.json", record)
             self.write_run_state()
+            self._notify("report_round", record)
         metrics = self._metrics["train"]
         metrics["p2o/phase_seconds"].append(record["seconds"])
         metrics["p2o/phase_hard"].append(float(len(hard_ids)))
         if "phase" in record:
             metrics["p2o/phase_metric_calls"].append(float(record["phase"].get("metric_calls", 0)))
         return record
+
+    def _notify(self, event: str, *args: Any) -> None:
+        for cb in self.callback_handler.callbacks:
+            fn = getattr(cb, event, None)
+            if callable(fn):
+                fn(*args)
 
     # ------------------------------------------------------------------ state & resume
 
@@ -510,15 +519,15 @@ class PhaseCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         every = self.trainer.args.phase_every_steps
-        if every and state.global_step % every == 0 and self.trainer.phases_left():
-            if self._run(state):
-                control.should_save = True
+        due = bool(every) and state.global_step % every == 0
+        if due and self.trainer.phases_left() and self._run(state):
+            control.should_save = True
         return control
 
     def on_epoch_end(self, args, state, control, **kwargs):
-        if self.trainer.args.phase_every_steps is None and self.trainer.phases_left():
-            if self._run(state):
-                control.should_save = True
+        due = self.trainer.args.phase_every_steps is None
+        if due and self.trainer.phases_left() and self._run(state):
+            control.should_save = True
         return control
 
     def _run(self, state) -> bool:

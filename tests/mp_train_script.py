@@ -1,0 +1,81 @@
+"""Run under `accelerate launch --num_processes 2 --cpu`: a tiny P²O run whose phase (a scripted
+stand-in that assigns two templates per hard sample) runs on the main process only. Each rank writes
+what it holds so the test can compare ranks."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from p2o.config import P2OConfig
+from p2o.tasks.data import to_dataset
+from p2o.train.trainer import P2OTrainer
+from tests.tiny_world import tiny_samples, tiny_task
+
+
+@dataclass
+class Result:
+    templates: dict
+    assignments: dict
+    stats: dict = field(default_factory=dict)
+
+
+def scripted_phase(config, task, hard_samples, policy, output_dir):
+    import torch.distributed as dist
+
+    assert not dist.is_initialized() or dist.get_rank() == 0, "the phase must run on the main process only"
+    return Result({"a": "HINT", "b": "think"}, {s.sample_id: ["a", "b"] for s in hard_samples})
+
+
+def main(model: str, out: str) -> None:
+    cfg = P2OConfig(
+        output_dir=out,
+        per_device_train_batch_size=3,
+        num_generations=2,
+        max_completion_length=3,
+        learning_rate=1e-3,
+        max_steps=4,
+        phase_every_steps=2,
+        min_hard_samples=1,
+        hard_max_successes=1,
+        save_strategy="no",
+        report_to="none",
+        logging_steps=1,
+        seed=0,
+        disable_tqdm=True,
+    )
+    task = tiny_task()
+    samples = tiny_samples(6)
+    trainer = P2OTrainer(
+        model=model, task=task, args=cfg, train_dataset=to_dataset(task, samples), phase_runner=scripted_phase
+    )
+    used: list = []
+    original = trainer._rollout
+
+    def recording_rollout(prompts, tr):
+        res = original(prompts, tr)
+        used.append(list(zip(trainer._batch_sample_ids, trainer._rollout_info["template_ids"], strict=True)))
+        return res
+
+    trainer.rollout_func = recording_rollout
+    trainer.train()
+    rank = trainer.accelerator.process_index
+    Path(out, f"rank-{rank}.json").write_text(
+        json.dumps(
+            {
+                "tracker": trainer.tracker.to_json(),
+                "assignments": trainer.assignments,
+                "templates": trainer.templates,
+                "rounds": [r["n_hard"] for r in trainer.rounds],
+                "rollouts": used,
+                "world": trainer.accelerator.num_processes,
+            },
+            sort_keys=True,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
