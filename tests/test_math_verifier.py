@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import random
@@ -362,3 +363,23 @@ def test_math_task():
     assert task.verifier(boxed("2"), "2").correct
     with pytest.raises(TypeError, match=r"math task.*timeout"):
         get_task("math", timeout=3)
+
+
+def test_bench_labels_agree_with_the_verifier(verifier):
+    from p2o.tasks.bench import BENCH_ANSWERS, bench_pairs
+
+    generated = bench_pairs(len(BENCH_ANSWERS) + 40, seed=1)[len(BENCH_ANSWERS) :]
+    assert len({c for c, _, _ in generated}) == 40
+    for completion, reference, expected in generated:
+        assert verifier(completion, reference).correct is expected, (completion[-80:], reference)
+
+
+def test_bench_runs(tmp_path, capsys):
+    from p2o.tasks.bench import main
+
+    out = tmp_path / "bench.json"
+    assert main(["--n", "12", "--threads", "4", "--timeout", "1", "--out", str(out)]) == 0
+    assert "verdicts/s" in capsys.readouterr().out
+    result = json.loads(out.read_text())
+    assert [run["accuracy"] for run in result["runs"]] == [1.0, 1.0]
+    assert all(row["score"] == 0.0 and row["seconds"] < 1.0 + 1.0 for row in result["hostile"])
