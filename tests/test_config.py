@@ -103,3 +103,19 @@ def test_cli_train_bad_learning_rate(yaml_cfg):
     )
     assert out.returncode != 0
     assert "learning_rate" in out.stderr
+
+
+def test_readme_documents_every_p2o_field():
+    import dataclasses
+    from pathlib import Path
+
+    from trl import GRPOConfig
+
+    from p2o.config import P2OScriptArguments
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    trl_fields = {f.name for f in dataclasses.fields(GRPOConfig)}
+    ours = [f.name for f in dataclasses.fields(P2OConfig) if f.name not in trl_fields]
+    ours += [f.name for f in dataclasses.fields(P2OScriptArguments)]
+    missing = [name for name in ours if f"`{name}`" not in readme]
+    assert not missing, f"README's configuration reference lacks: {missing}"
