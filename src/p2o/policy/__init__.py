@@ -1,0 +1,58 @@
+"""The live policy behind an OpenAI-compatible server, for prompt-evolution phases.
+
+`PolicyServer` launches and owns `transformers serve` (CPU) or `vllm serve` (GPU) and is pointed at
+successive checkpoints with `use_checkpoint(path)`; `RemotePolicy` talks to a server someone else runs;
+`PolicyClient` sends chat completions and never caches. `open_policy(config, checkpoint, log_dir)`
+picks one from `P2OConfig.policy_server`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from p2o.policy.client import Completion, PolicyClient, PolicyRequestError, PolicyServerError
+from p2o.policy.server import Policy, PolicyServer, RemotePolicy, free_port
+
+
+def open_policy(config, checkpoint: str | Path, log_dir: str | Path, *, log_name: str = "policy_server.log"):
+    """The policy server a phase should use, from `config.policy_server` (not started: use `with`).
+
+    - an http(s) URL → `RemotePolicy(url, model_name=checkpoint)` (the server serves it under that name);
+    - 'vllm' → p2o launches `vllm serve`;
+    - 'transformers' → p2o launches `transformers serve`;
+    - 'auto' → TRL's vLLM server when `use_vllm` and `vllm_mode == 'server'`, else transformers.
+    """
+    server = config.policy_server
+    template_kwargs = dict(getattr(config, "chat_template_kwargs", None) or {})
+    if server.startswith(("http://", "https://")):
+        return RemotePolicy(server, str(checkpoint))
+    if (
+        server == "auto"
+        and getattr(config, "use_vllm", False)
+        and getattr(config, "vllm_mode", "") == "server"
+    ):
+        url = config.vllm_server_base_url or f"http://{config.vllm_server_host}:{config.vllm_server_port}"
+        return RemotePolicy(url, str(checkpoint))
+    backend = "vllm" if server == "vllm" else "transformers"
+    return PolicyServer(
+        checkpoint,
+        log_dir=log_dir,
+        backend=backend,
+        port=config.policy_server_port,
+        timeout=config.policy_server_timeout,
+        log_name=log_name,
+        chat_template_kwargs=template_kwargs,
+    )
+
+
+__all__ = [
+    "Completion",
+    "Policy",
+    "PolicyClient",
+    "PolicyRequestError",
+    "PolicyServer",
+    "PolicyServerError",
+    "RemotePolicy",
+    "free_port",
+    "open_policy",
+]
