@@ -1,0 +1,485 @@
+"""One prompt-evolution phase: GEPA against the live policy, then template assignment.
+
+DESIGN.md steps 3–5, top to bottom:
+
+1. Split the hard samples into dev (≤ `dev_max_size`; half/half when fewer than
+   `dev_split_threshold`) and train, seeded.
+2. GEPA (`gepa.optimize` with `PolicyTemplateAdapter`): seed = the program's seed template (the
+   paper's is empty); Pareto candidate selection, reflection minibatch
+   `gepa_reflection_minibatch_size`, strict-improvement acceptance, every accepted child scored on
+   the full dev set, `gepa_max_metric_calls` budget. A metric call = one template scored on one hard
+   sample (`gepa_samples_per_item` policy rollouts).
+3. The score matrix (every accepted candidate × every dev sample) → greedy set cover → K =
+   `num_generations` templates per hard sample (`p2o.evolve.assign`).
+
+Outputs in `output_dir` (written atomically; a person can open each):
+
+- `templates.json` — every accepted candidate: id, text, parent, per-dev-sample scores, mean;
+- `assignments.json` — sample id → K template ids;
+- `phase.json` — `dev_solved_frac_before` (the seed template's dev solve fraction),
+  `dev_solved_frac_after` (fraction of dev samples solved by at least one candidate),
+  `best_single` (the best one template alone), `metric_calls`, `reflection_calls`, `rejected` by
+  reason, `seconds`, token counts, ...;
+- `gepa/` — GEPA's run directory (its state, `evaluations.jsonl` with every rollout's score,
+  `proposals.jsonl` with every reflection reply and its verdict, `gepa_log.txt`).
+
+Running again on the same `output_dir` resumes: GEPA reloads its state, and rollouts already done are
+read back from `evaluations.jsonl` instead of being generated again. A resume is refused when the
+checkpoint or the hard samples differ from the first run's.
+
+Departures from the paper: a template "solves" a dev sample when at least one of its rollouts there
+succeeded (with the default one greedy rollout: when it succeeded); an empty template is never
+assigned (it is no template); proposals are validated before GEPA may adopt them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from p2o.evolve.adapter import EvaluationStore, PolicyTemplateAdapter, template_hash
+from p2o.evolve.assign import assign_templates, greedy_set_cover, mean_scores, solved_sets
+from p2o.evolve.proposals import REJECTION_REASONS
+from p2o.evolve.reflection import ReflectionError, Reflector, as_reflector, make_reflector
+from p2o.policy import PolicyServerError, RemotePolicy
+from p2o.tasks.base import Sample, Task
+from p2o.templates.meta_prompts import load_meta_prompt
+from p2o.templates.programs import TemplateProgram, load_program
+
+RUN_DIR = "gepa"
+MANIFEST = "p2o_run.json"
+
+
+class PhaseError(ValueError):
+    """A phase that cannot run as asked (no hard samples, a resume against other inputs)."""
+
+
+@dataclass
+class PhaseResult:
+    """What a phase produced. `templates`: id → text (every accepted candidate, the seed included);
+    `assignments`: sample id → K template ids; `stats`: the content of phase.json."""
+
+    templates: dict[str, str]
+    assignments: dict[str, list[str]]
+    stats: dict[str, Any]
+    score_matrix: dict[str, dict[str, float]] = field(default_factory=dict)
+    cover: list[str] = field(default_factory=list)
+    dev_ids: list[str] = field(default_factory=list)
+    train_ids: list[str] = field(default_factory=list)
+    output_dir: Path | None = None
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON to a temporary file next to `path`, then rename it over `path`."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def split_hard_samples(
+    samples: list[Sample], *, dev_max_size: int, dev_split_threshold: int, seed: int = 0
+) -> tuple[list[Sample], list[Sample]]:
+    """(dev, train): dev ≤ `dev_max_size`, half of the samples when fewer than `dev_split_threshold`.
+
+    Seeded and independent of input order. A single hard sample serves as both.
+    """
+    ordered = sorted(samples, key=lambda s: s.sample_id)
+    random.Random(seed).shuffle(ordered)
+    n = len(ordered)
+    if n == 1:
+        return list(ordered), list(ordered)
+    n_dev = max(1, n // 2) if n < dev_split_threshold else n - 1
+    n_dev = min(n_dev, dev_max_size)
+    return ordered[:n_dev], ordered[n_dev:]
+
+
+class _FileLogger:
+    """GEPA's log lines go to a file: the terminal keeps the progress bar."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._lock = threading.Lock()
+
+    def log(self, *args: Any, **_: Any) -> None:
+        with self._lock, open(self.path, "a", encoding="utf-8") as f:
+            f.write(" ".join(str(a) for a in args) + "\n")
+
+
+class _Progress:
+    """A tqdm bar over the metric-call budget, fed by the adapter and GEPA's callbacks."""
+
+    def __init__(self, total: int, enabled: bool, dev_size: int):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, desc="evolve", unit="eval", disable=not enabled, dynamic_ncols=True)
+        self.lock = threading.Lock()
+        self.dev_size = dev_size
+        self.solved: set[Any] = set()
+        self.candidates = 0
+        self.adapter: PolicyTemplateAdapter | None = None
+
+    def advance(self, n: int) -> None:
+        with self.lock:
+            self.bar.update(n)
+
+    def _postfix(self) -> None:
+        rejected = sum(self.adapter.counters.rejected.values()) if self.adapter else 0
+        self.bar.set_postfix_str(
+            f"candidates={self.candidates} dev_solved={len(self.solved)}/{self.dev_size} rejected={rejected}",
+            refresh=False,
+        )
+
+    def on_iteration_start(self, event: dict[str, Any]) -> None:
+        with self.lock:
+            self.bar.n = event["state"].total_num_evals  # GEPA's count is the truth
+            self._postfix()
+            self.bar.refresh()
+
+    def on_valset_evaluated(self, event: dict[str, Any]) -> None:
+        with self.lock:
+            self.candidates += 1
+            self.solved |= {k for k, v in event["scores_by_val_id"].items() if v > 0}
+            self._postfix()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _checkpoint_fingerprint(policy: Any) -> dict[str, Any]:
+    name = str(policy.model_name)
+    p = Path(name)
+    out: dict[str, Any] = {"model": name}
+    if p.is_dir():
+        out["weights"] = sorted(
+            [f.name, f.stat().st_size, f.stat().st_mtime_ns]
+            for f in p.iterdir()
+            if f.suffix in (".safetensors", ".bin", ".pt")
+        )
+    return out
+
+
+def _check_resume(run_dir: Path, manifest: dict[str, Any]) -> bool:
+    path = run_dir / MANIFEST
+    if not path.exists():
+        write_json_atomic(path, manifest)
+        return False
+    old = json.loads(path.read_text(encoding="utf-8"))
+    for key, what in (
+        ("checkpoint", "policy checkpoint"),
+        ("hard_sample_ids", "set of hard samples"),
+        ("seed_template", "seed template"),
+    ):
+        if old.get(key) != manifest.get(key):
+            raise PhaseError(
+                f"{run_dir.parent} holds a phase run against a different {what} ({key} in {path} differs); "
+                "resuming would mix two phases. Use a fresh --output-dir (or delete that one)."
+            )
+    return (run_dir / "gepa_state.bin").exists()
+
+
+def _saved_result(run_dir: Path):
+    """GEPA's result from the state it saved last (after a crash), or None."""
+    from gepa.core.result import GEPAResult
+    from gepa.core.state import GEPAState
+
+    if not (run_dir / "gepa_state.bin").exists():
+        return None
+    return GEPAResult.from_state(GEPAState.load(str(run_dir)), run_dir=str(run_dir))
+
+
+def _reflector(
+    config: Any, reflection_lm: Any, policy: Any, initial_model: Any, log_dir: Path
+) -> tuple[Reflector, bool]:
+    if reflection_lm is not None:
+        return as_reflector(reflection_lm), False
+    reflector = make_reflector(
+        config.reflection,
+        temperature=config.reflection_temperature,
+        max_tokens=config.reflection_max_tokens,
+        policy=policy,
+        initial_model=initial_model,
+        log_dir=log_dir,
+        server_timeout=config.policy_server_timeout,
+    )
+    return reflector, True
+
+
+def _resolve_policy(policy: Any, config: Any, output_dir: Path) -> tuple[Any, bool]:
+    """(policy, owned): a policy object as is; a `(url, model)` tuple or an object with `url` and
+    `model_name` → `RemotePolicy`; a checkpoint path, or an object with `checkpoint` → a server
+    launched for this phase only (owned: stopped at the end)."""
+    from p2o.policy import open_policy
+
+    if isinstance(policy, tuple):
+        return RemotePolicy(*policy), False
+    if hasattr(policy, "base_url") and hasattr(policy, "client"):
+        return policy, False
+    if getattr(policy, "url", None):
+        return RemotePolicy(policy.url, policy.model_name or ""), False
+    checkpoint = getattr(policy, "checkpoint", policy)
+    if isinstance(checkpoint, str | Path):
+        return open_policy(config, checkpoint, output_dir).start(), True
+    raise TypeError(
+        f"policy must be a PolicyServer, a RemotePolicy, a (url, model) tuple or a checkpoint path; got {policy!r}"
+    )
+
+
+def run_phase(
+    config: Any,
+    task: Task,
+    hard_samples: list[Sample],
+    policy: Any,
+    output_dir: str | Path,
+    reflection_lm: Any = None,
+    progress: bool = True,
+    *,
+    program: TemplateProgram | None = None,
+    initial_model: str | Path | None = None,
+) -> PhaseResult:
+    """Run one prompt-evolution phase and write templates.json / assignments.json / phase.json.
+
+    Args:
+        config: a `P2OConfig` (the GEPA, reflection and K = `num_generations` fields are read).
+        task: gives the prompt builder x and the verifier.
+        hard_samples: the hard samples (unique `sample_id`s).
+        policy: a started `PolicyServer` (the trainer keeps one and calls `use_checkpoint` before
+            each phase), a `RemotePolicy`, a `(url, model_name)` tuple, or a checkpoint directory (a
+            `transformers serve` is launched for this phase and stopped after it).
+        output_dir: where outputs go; an existing phase there is resumed.
+        reflection_lm: a reflector or `prompt -> str` callable; None = built from `config.reflection`
+            (and closed at the end). `initial` needs `initial_model`: the frozen initial checkpoint.
+        progress: show a progress bar.
+        program: an already loaded template program (default: `load_program(config.program)`).
+
+    Raises `PolicyServerError` / `ReflectionError` when the server or the reflection model fails for
+    good — after writing what the phase finished (phase.json `status: interrupted`).
+    """
+    started = time.monotonic()
+    output_dir = Path(output_dir)
+    run_dir = output_dir / RUN_DIR
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    # Everything a user may have misconfigured is checked before any model is called.
+    prog = program or load_program(config.program)
+    meta_prompt = load_meta_prompt(config.meta_prompt)
+    ids = [s.sample_id for s in hard_samples]
+    if not hard_samples:
+        raise PhaseError("no hard samples: a phase needs at least one")
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise PhaseError(f"hard samples must have unique sample_id values; {dup!r} appears more than once")
+    dev, train = split_hard_samples(
+        hard_samples,
+        dev_max_size=config.dev_max_size,
+        dev_split_threshold=config.dev_split_threshold,
+        seed=config.seed,
+    )
+    with contextlib.ExitStack() as owned:
+        policy, launched = _resolve_policy(policy, config, output_dir)
+        if launched:
+            owned.callback(policy.stop)
+        manifest = {
+            "checkpoint": _checkpoint_fingerprint(policy),
+            "hard_sample_ids": sorted(ids),
+            "seed_template": prog.seed,
+            "dev_ids": [s.sample_id for s in dev],
+            "train_ids": [s.sample_id for s in train],
+            "program": prog.source,
+        }
+        resumed = _check_resume(run_dir, manifest)
+        policy.check_alive()
+
+        template_kwargs = {
+            **(task.chat_template_kwargs or {}),
+            **(getattr(config, "chat_template_kwargs", None) or {}),
+        }
+        client = policy.client(chat_template_kwargs=template_kwargs)
+        reflector, own_reflector = _reflector(config, reflection_lm, policy, initial_model, output_dir)
+        bar = _Progress(config.gepa_max_metric_calls, progress, len(dev))
+        adapter = PolicyTemplateAdapter(
+            program=prog,
+            task=task,
+            client=client,
+            reflector=reflector,
+            meta_prompt=meta_prompt,
+            samples_per_item=config.gepa_samples_per_item,
+            temperature=config.gepa_temperature,
+            max_tokens=config.gepa_max_tokens or config.max_completion_length,
+            num_threads=config.gepa_num_threads,
+            include_gold=config.feedback_include_gold,
+            proposal_max_chars=config.proposal_max_chars,
+            store=EvaluationStore(run_dir / "evaluations.jsonl"),
+            log_dir=run_dir,
+            on_item=bar.advance,
+        )
+        bar.adapter = adapter
+        error: Exception | None = None
+        try:
+            import gepa
+
+            result = gepa.optimize(
+                seed_candidate={prog.predictor_name: prog.seed},
+                trainset=train,
+                valset=dev,
+                adapter=adapter,
+                candidate_selection_strategy=config.gepa_candidate_selection,
+                reflection_minibatch_size=config.gepa_reflection_minibatch_size,
+                max_metric_calls=config.gepa_max_metric_calls,
+                run_dir=str(run_dir),
+                logger=_FileLogger(run_dir / "gepa_log.txt"),
+                callbacks=[bar],
+                seed=config.seed,
+                perfect_score=1.0,
+                skip_perfect_score=True,
+                acceptance_criterion="strict_improvement",
+                val_evaluation_policy="full_eval",
+                cache_evaluation=False,  # p2o's own store: GEPA's mixes train and dev ids (gepa 0.1.4)
+                track_best_outputs=False,
+                raise_on_exception=True,
+            )
+        except (PolicyServerError, ReflectionError) as e:
+            error = e
+            result = _saved_result(run_dir)
+        finally:
+            bar.close()
+            adapter.close()
+            client.close()
+            if own_reflector:
+                reflector.close()
+
+        counters = adapter.stats()
+        counters["seconds"] = round(counters["seconds"], 3)
+        if result is None:
+            assert error is not None
+            stats = {"status": "failed", "error": str(error), "seconds": round(time.monotonic() - started, 3)}
+            write_json_atomic(output_dir / "phase.json", stats)
+            raise error
+        phase = _finalize(
+            result,
+            config=config,
+            program=prog,
+            dev=dev,
+            train=train,
+            counters=counters,
+            output_dir=output_dir,
+            meta={
+                "status": "interrupted" if error else "complete",
+                "error": str(error) if error else None,
+                "resumed": resumed,
+                "program": prog.name,
+                "program_source": prog.source,
+                "seed_template": prog.seed_name,
+                "reflection": reflector.name,
+                "meta_prompt": str(meta_prompt.path),
+                "policy": {
+                    "backend": policy.backend,
+                    "base_url": policy.base_url,
+                    "model": policy.model_name,
+                },
+            },
+        )
+        if error is not None:
+            raise error
+        return phase
+
+
+def _finalize(
+    result: Any,
+    *,
+    config: Any,
+    program: TemplateProgram,
+    dev: list[Sample],
+    train: list[Sample],
+    counters: dict[str, Any],
+    output_dir: Path,
+    meta: dict[str, Any],
+) -> PhaseResult:
+    comp = program.predictor_name
+    texts = [c[comp] for c in result.candidates]
+    ids = [f"t{i}-{template_hash(t)[:6]}" for i, t in enumerate(texts)]
+    dev_ids = [s.sample_id for s in dev]
+    matrix = {
+        ids[i]: {dev_ids[v]: float(score) for v, score in sorted(result.val_subscores[i].items())}
+        for i in range(len(ids))
+    }
+    empty = {ids[i] for i, t in enumerate(texts) if not t.strip()}
+    cover = greedy_set_cover(matrix, exclude=empty)
+    hard_ids = dev_ids + [s.sample_id for s in train if s.sample_id not in set(dev_ids)]
+    assignments = assign_templates(
+        matrix, hard_ids, k=int(config.num_generations), seed=config.seed, exclude=empty, cover=cover
+    )
+    solved = solved_sets(matrix)
+    means = mean_scores(matrix)
+    n_dev = len(dev_ids)
+    union = set().union(*solved.values()) if solved else set()
+    best = max(ids, key=lambda t: (len(solved[t]), means[t]))
+    templates = [
+        {
+            "id": ids[i],
+            "text": texts[i],
+            "parent": ids[result.parents[i][0]]
+            if result.parents[i] and result.parents[i][0] is not None
+            else None,
+            "mean": round(means[ids[i]], 6),
+            "dev_solved": len(solved[ids[i]]),
+            "in_cover": ids[i] in cover,
+            "discovered_at_metric_calls": result.discovery_eval_counts[i],
+            "dev_scores": matrix[ids[i]],
+        }
+        for i in range(len(ids))
+    ]
+    rejected = {r: 0 for r in (*REJECTION_REASONS, "duplicate")}
+    rejected.update(counters.get("rejected", {}))
+    stats: dict[str, Any] = {
+        "status": meta["status"],
+        "dev_solved_frac_before": len(solved[ids[0]]) / n_dev,
+        "dev_solved_frac_after": len(union) / n_dev,
+        "best_single": {"id": best, "dev_solved_frac": len(solved[best]) / n_dev, "mean": means[best]},
+        "metric_calls": result.total_metric_calls,
+        "budget": config.gepa_max_metric_calls,
+        "reflection_calls": counters["reflection_calls"],
+        "rejected": rejected,
+        "seconds": counters["seconds"],
+        "hard_samples": len(hard_ids),
+        "dev_size": n_dev,
+        "train_size": len(train),
+        "candidates": len(ids),
+        "proposals_valid": counters["proposals_valid"],
+        "cover": cover,
+        "assigned_samples": len(assignments),
+        "k": int(config.num_generations),
+        "policy_item_evals": counters["policy_item_evals"],
+        "reused_item_evals": counters["reused_item_evals"],
+        "policy_requests": counters["policy_requests"],
+        "policy_request_errors": counters["policy_request_errors"],
+        "tokens": {
+            "policy_prompt": counters["policy_prompt_tokens"],
+            "policy_completion": counters["policy_completion_tokens"],
+            "reflection_prompt": counters["reflection_prompt_tokens"],
+            "reflection_completion": counters["reflection_completion_tokens"],
+        },
+        "samples_per_item": config.gepa_samples_per_item,
+        "temperature": config.gepa_temperature,
+        **{k: v for k, v in meta.items() if k != "status"},
+        "gepa_run_dir": str(output_dir / RUN_DIR),
+    }
+    write_json_atomic(output_dir / "templates.json", {"component": comp, "templates": templates})
+    write_json_atomic(output_dir / "assignments.json", assignments)
+    write_json_atomic(output_dir / "phase.json", stats)
+    return PhaseResult(
+        templates=dict(zip(ids, texts, strict=True)),
+        assignments=assignments,
+        stats=stats,
+        score_matrix=matrix,
+        cover=cover,
+        dev_ids=dev_ids,
+        train_ids=[s.sample_id for s in train],
+        output_dir=output_dir,
+    )
