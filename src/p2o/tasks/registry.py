@@ -41,7 +41,8 @@ def _load_builtins() -> None:
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as e:
-            if e.name != mod:  # a real missing dependency, not an absent optional module
+            # An absent built-in module (or its package) is skipped; a missing dependency inside it is not.
+            if e.name is None or not (mod == e.name or mod.startswith(e.name + ".")):
                 raise
 
 
