@@ -18,8 +18,9 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 install: $(STAMP)
 
+# Until `p2o demo` lands this shows the CLI; it will run the demo.
 demo: $(STAMP)
-	$(BIN)/p2o demo
+	$(BIN)/p2o --help
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
