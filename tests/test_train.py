@@ -266,3 +266,43 @@ def test_killed_mid_phase_then_resumed_matches_uninterrupted(tiny_model, tmp_pat
     resumed.train(resume_from_checkpoint=True)
     assert [r["round"] for r in resumed.rounds] == [1, 2]
     assert round_files(out) == round_files(Path(ref.args.output_dir))
+
+
+def scripted_reflection(prompt: str) -> str:
+    """Scripted reflection LM (deterministic stand-in for a teacher): always proposes the same text."""
+    return f"```\n{TEMPLATE}\n```"
+
+
+@pytest.mark.slow
+def test_real_phase_through_transformers_serve(tiny_model, tmp_path):
+    """Trainer → p2o.evolve.run_phase → a real `transformers serve` on loopback, and back."""
+    task = tiny_task()
+    tr = P2OTrainer(
+        model=str(tiny_model),
+        task=task,
+        args=make_config(
+            tmp_path,
+            max_steps=2,
+            phase_every_steps=2,
+            gepa_max_metric_calls=12,
+            gepa_num_threads=2,
+            max_completion_length=3,
+            policy_server_timeout=120,
+        ),
+        train_dataset=to_dataset(task, tiny_samples()),
+        reflection_lm=scripted_reflection,
+    )
+    try:
+        tr.train()
+    finally:
+        if tr._policy_server is not None:
+            tr._policy_server.stop()
+    out = Path(tr.args.output_dir)
+    record = json.loads((out / "rounds/round-001/round.json").read_text())
+    assert record["status"] == "done", record
+    phase = json.loads((out / "rounds/round-001/evolve/phase.json").read_text())
+    assert phase["metric_calls"] > 0
+    assert (out / "policy_server.log").exists()
+    assigned = json.loads((out / "rounds/round-001/evolve/assignments.json").read_text())
+    assert set(assigned) <= {s.sample_id for s in tiny_samples()}
+    assert all(len(v) == 3 for v in assigned.values())

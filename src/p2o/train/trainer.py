@@ -80,12 +80,6 @@ class PolicyHandle:
 PhaseRunner = Callable[..., Any]
 
 
-def default_phase_runner(**kwargs: Any) -> Any:
-    from p2o.evolve import run_phase
-
-    return run_phase(**kwargs)
-
-
 class P2OTrainer(GRPOTrainer):
     """GRPO + templated rollouts + context distillation + hard-sample mining + GEPA phases.
 
@@ -97,9 +91,11 @@ class P2OTrainer(GRPOTrainer):
             (`p2o.tasks.data.to_dataset`).
         samples: sample id → `Sample`, for building the hard set; derived from `train_dataset` if omitted.
         phase_runner: called on the main process as `phase_runner(config=, task=, hard_samples=,
-            policy=, output_dir=)` and returning an object with `templates` (id → text),
-            `assignments` (sample id → K template ids) and `stats`; default `p2o.evolve.run_phase`.
+            policy=PolicyHandle, output_dir=)` and returning an object with `templates` (id → text),
+            `assignments` (sample id → K template ids) and `stats`; default `evolve_phase`
+            (`p2o.evolve.run_phase` on a policy server kept for the run).
         enable_phases: False trains plain GRPO (the baseline) while still tracking hard samples.
+        reflection_lm: a `prompt -> str` callable overriding `args.reflection` in the default phase.
     """
 
     def __init__(
@@ -111,6 +107,7 @@ class P2OTrainer(GRPOTrainer):
         samples: dict[str, Sample] | None = None,
         phase_runner: PhaseRunner | None = None,
         enable_phases: bool = True,
+        reflection_lm: Any = None,
         processing_class: Any = None,
         callbacks: list[TrainerCallback] | None = None,
         **kwargs: Any,
@@ -122,8 +119,10 @@ class P2OTrainer(GRPOTrainer):
         self.templates: dict[str, str] = {}
         self.assignments: dict[str, list[str]] = {}
         self.rounds: list[dict[str, Any]] = []
-        self.phase_runner = phase_runner or default_phase_runner
+        self.phase_runner = phase_runner or self.evolve_phase
+        self.initial_model = str(model) if isinstance(model, str | Path) else str(model.config._name_or_path)
         self.enable_phases = enable_phases
+        self.reflection_lm = reflection_lm
         if samples is None:
             samples = {
                 sid: Sample(sid, prob, str(ans))
@@ -354,6 +353,38 @@ class P2OTrainer(GRPOTrainer):
             self.processing_class.save_pretrained(ckpt)
         self.accelerator.wait_for_everyone()
         return PolicyHandle(checkpoint=ckpt)
+
+    def evolve_phase(
+        self,
+        config: P2OConfig,
+        task: Task,
+        hard_samples: list[Sample],
+        policy: PolicyHandle,
+        output_dir: Path,
+    ) -> Any:
+        """The default phase runner: `p2o.evolve.run_phase` against one policy server kept for the
+        whole run and pointed at each round's checkpoint (or the synced vLLM server)."""
+        from p2o.evolve import run_phase
+        from p2o.policy import RemotePolicy, open_policy
+
+        if policy.url:
+            served: Any = RemotePolicy(policy.url, policy.model_name)
+        elif self._policy_server is None:
+            self._policy_server = open_policy(config, policy.checkpoint, log_dir=Path(config.output_dir))
+            self._policy_server.start()
+            served = self._policy_server
+        else:
+            self._policy_server.use_checkpoint(policy.checkpoint)
+            served = self._policy_server
+        return run_phase(
+            config=config,
+            task=task,
+            hard_samples=hard_samples,
+            policy=served,
+            output_dir=output_dir,
+            reflection_lm=self.reflection_lm,
+            initial_model=self.initial_model,
+        )
 
     def run_p2o_phase(self) -> dict[str, Any]:
         """One prompt-evolution phase, on every rank (the GEPA work runs on the main process)."""
