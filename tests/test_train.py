@@ -227,17 +227,41 @@ def test_min_hard_samples_skips_phase(tiny_model, tmp_path):
     assert tr.rounds[0]["status"] == "skipped"
 
 
-class Crash(RuntimeError):
-    pass
-
-
 class CrashingPhase(ScriptedPhase):
-    """Writes part of its output, then dies (a crash mid-phase)."""
+    """Writes part of its output, then the process is interrupted (a kill mid-phase)."""
 
     def __call__(self, config, task, hard_samples, policy, output_dir):
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         (Path(output_dir) / "partial.txt").write_text("half done")
-        raise Crash("killed mid-phase")
+        raise KeyboardInterrupt
+
+
+class FailingPhase(ScriptedPhase):
+    def __call__(self, config, task, hard_samples, policy, output_dir):
+        raise RuntimeError("policy server at http://127.0.0.1:1 died; see policy_server.log")
+
+
+def test_failed_phase_is_recorded_and_training_goes_on(tiny_model, tmp_path):
+    tr = make_trainer(tiny_model, tmp_path, phase_runner=FailingPhase(), max_steps=4, phase_every_steps=2)
+    tr.train()
+    assert tr.state.global_step == 4
+    assert [r["status"] for r in tr.rounds] == ["failed", "failed"]
+    assert "policy server" in tr.rounds[0]["error"] and not tr.assignments
+    saved = json.loads((Path(tr.args.output_dir) / "rounds/round-001/round.json").read_text())
+    assert saved["status"] == "failed"
+
+
+def test_bad_meta_prompt_fails_before_training(tiny_model, tmp_path):
+    from p2o.config import ConfigError
+
+    task = tiny_task()
+    with pytest.raises(ConfigError, match="no_such_prompt"):
+        P2OTrainer(
+            model=str(tiny_model),
+            task=task,
+            args=make_config(tmp_path, meta_prompt="no_such_prompt"),
+            train_dataset=to_dataset(task, tiny_samples()),
+        )
 
 
 def round_files(out: Path) -> dict[str, str]:
@@ -253,7 +277,7 @@ def test_killed_mid_phase_then_resumed_matches_uninterrupted(tiny_model, tmp_pat
     ref.train()
 
     crashing = make_trainer(tiny_model, tmp_path / "run", phase_runner=CrashingPhase(), **kw)
-    with pytest.raises(Crash):
+    with pytest.raises(KeyboardInterrupt):
         crashing.train()
     out = Path(crashing.args.output_dir)
     # The phase runs before its step's checkpoint is written: the crash leaves checkpoint-1 and a

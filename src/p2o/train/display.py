@@ -36,6 +36,9 @@ class RoundDisplay(TrainerCallback):
             f"[cyan]round {index}[/] @ step {step}: prompt-evolution phase on {n_hard} hard samples…"
         )
 
+    def phase_failed(self, index: int, error: str) -> None:
+        self.console.print(f"[red]round {index}: the phase failed, training goes on without it:[/] {error}")
+
     def report_round(self, record: dict[str, Any]) -> None:
         ph = record.get("phase", {})
         if record.get("status") == "done":
@@ -45,7 +48,7 @@ class RoundDisplay(TrainerCallback):
                 f"dev solved {ph.get('dev_solved_frac_before', '?')} → {ph.get('dev_solved_frac_after', '?')}; "
                 f"{ph.get('metric_calls', '?')} metric calls, {record['seconds']:.1f} s"
             )
-        else:
+        elif record.get("status") == "skipped":
             self.console.print(
                 f"[yellow]round {record['round']}[/] @ step {record['global_step']}: skipped ({record.get('reason')})"
             )

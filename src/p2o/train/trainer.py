@@ -147,6 +147,12 @@ class P2OTrainer(GRPOTrainer):
             **kwargs,
         )
         self.add_callback(PhaseCallback(self))
+        if enable_phases and phase_runner is None and args.max_phases != 0:
+            # Fail before any work on what a phase would trip over much later.
+            from p2o.templates import load_meta_prompt, load_program
+
+            load_program(args.program)
+            load_meta_prompt(args.meta_prompt)
 
     # ------------------------------------------------------------------ rollouts
 
@@ -427,25 +433,36 @@ class P2OTrainer(GRPOTrainer):
             payload: list[Any] = [None]
             if main:
                 hard = [self.samples[sid] for sid in hard_ids if sid in self.samples]
-                result = self.phase_runner(
-                    config=self.args,
-                    task=self.task,
-                    hard_samples=hard,
-                    policy=policy,
-                    output_dir=rdir / "evolve",
-                )
-                payload = [(dict(result.templates), dict(result.assignments), dict(result.stats))]
+                try:
+                    result = self.phase_runner(
+                        config=self.args,
+                        task=self.task,
+                        hard_samples=hard,
+                        policy=policy,
+                        output_dir=rdir / "evolve",
+                    )
+                    payload = [(dict(result.templates), dict(result.assignments), dict(result.stats))]
+                except Exception as e:  # a failed phase costs its round, not the run
+                    payload = [f"{type(e).__name__}: {e}"]
             broadcast_object_list(payload, from_process=0)
-            templates, assignments, stats = payload[0]
-            prefix = f"r{index}:"
-            self.templates.update({prefix + tid: text for tid, text in templates.items()})
-            self.assignments.update({sid: [prefix + t for t in tids] for sid, tids in assignments.items()})
-            record["status"] = "done"
-            record["n_templates"] = len(templates)
-            record["n_assigned"] = len(assignments)
-            record["phase"] = {
-                k: v for k, v in stats.items() if not isinstance(v, dict | list) or k == "rejected"
-            }
+            if isinstance(payload[0], str):
+                record["status"] = "failed"
+                record["error"] = payload[0]
+                if main:
+                    self._notify("phase_failed", index, payload[0])
+            else:
+                templates, assignments, stats = payload[0]
+                prefix = f"r{index}:"
+                self.templates.update({prefix + tid: text for tid, text in templates.items()})
+                self.assignments.update(
+                    {sid: [prefix + t for t in tids] for sid, tids in assignments.items()}
+                )
+                record["status"] = "done"
+                record["n_templates"] = len(templates)
+                record["n_assigned"] = len(assignments)
+                record["phase"] = {
+                    k: v for k, v in stats.items() if not isinstance(v, dict | list) or k == "rejected"
+                }
         record["seconds"] = round(time.perf_counter() - t0, 3)
         self.rounds.append(record)
         if main:
