@@ -157,7 +157,7 @@ class PolicyTemplateAdapter:
         self.max_tokens = max_tokens
         self.include_gold = include_gold
         self.proposal_max_chars = proposal_max_chars
-        self.store = store or EvaluationStore(None)
+        self.store = store if store is not None else EvaluationStore(None)
         self.log_dir = log_dir
         self.on_item = on_item
         self.component = program.predictor_name

@@ -53,10 +53,13 @@ def _model_path(script_args: Any, evolve_args: EvolveArguments) -> str:
     raise ConfigError("model_name_or_path: required (a checkpoint directory of the policy)")
 
 
-def _hard_samples(script_args: Any, config: Any, task: Any, policy: Any, out: Path) -> list[Any]:
-    from p2o.tasks.data import read_hard_samples, task_samples
+def _pool(script_args: Any, task: Any) -> list[Any] | None:
+    """The samples hard ones are drawn from (the dataset, or the task's own data); None if there are none."""
+    from p2o.tasks.data import task_samples
 
-    pool = task_samples(
+    if script_args.dataset is None and task.splits is None and not task.dataset.get("source"):
+        return None
+    return task_samples(
         task,
         script_args.dataset,
         split=script_args.dataset_split,
@@ -66,8 +69,14 @@ def _hard_samples(script_args: Any, config: Any, task: Any, policy: Any, out: Pa
         max_samples=script_args.max_samples,
         seed=script_args.subset_seed,
         skip_bad_rows=script_args.skip_bad_rows,
-    )
-    known = {s.sample_id: s for s in pool.samples}
+    ).samples
+
+
+def _read_hard_samples(script_args: Any, pool: list[Any] | None, out: Path) -> list[Any] | None:
+    """Hard samples from the configured file, or from an earlier run's mining; None = mine them."""
+    from p2o.tasks.data import read_hard_samples
+
+    known = {s.sample_id: s for s in pool} if pool is not None else None
     if script_args.hard_samples:
         hard = read_hard_samples(script_args.hard_samples, known=known)
         _say(f"{len(hard)} hard samples from {script_args.hard_samples}")
@@ -77,23 +86,32 @@ def _hard_samples(script_args: Any, config: Any, task: Any, policy: Any, out: Pa
         hard = read_hard_samples(mined_path, known=known)
         _say(f"{len(hard)} hard samples from {mined_path} (mined by an earlier run)")
         return hard
+    if pool is None:
+        from p2o.tasks.data import DataError
+
+        raise DataError(
+            "nothing to mine hard samples from: give hard_samples (a JSONL file) or a dataset "
+            "(the task has no built-in data)"
+        )
+    return None
+
+
+def _mine(pool: list[Any], config: Any, task: Any, policy: Any, out: Path) -> list[Any]:
     from tqdm.auto import tqdm
 
     from p2o.evolve.mining import mine_hard_samples
 
     k = int(config.num_generations)
-    _say(
-        f"mining hard samples: {len(pool.samples)} samples x K={k} rollouts at temperature {config.temperature}"
-    )
+    _say(f"mining hard samples: {len(pool)} samples x K={k} rollouts at temperature {config.temperature}")
     template_kwargs = {**(task.chat_template_kwargs or {}), **(config.chat_template_kwargs or {})}
     with (
         policy.client(chat_template_kwargs=template_kwargs) as client,
-        tqdm(total=len(pool.samples), desc="mine", unit="sample", dynamic_ncols=True) as bar,
+        tqdm(total=len(pool), desc="mine", unit="sample", dynamic_ncols=True) as bar,
     ):
         hard, mined = mine_hard_samples(
             client,
             task,
-            pool.samples,
+            pool,
             k=k,
             temperature=config.temperature,
             max_tokens=config.max_completion_length,
@@ -101,21 +119,17 @@ def _hard_samples(script_args: Any, config: Any, task: Any, policy: Any, out: Pa
             num_threads=config.gepa_num_threads,
             on_sample=bar.update,
         )
+    mined_path = out / "hard_samples.jsonl"
     tmp = mined_path.with_suffix(".tmp")
     with tmp.open("w", encoding="utf-8") as f:
-        for m in mined:
-            if m.successes <= config.hard_max_successes:
-                row = {
-                    "sample_id": m.sample.sample_id,
-                    "problem": m.sample.problem,
-                    "answer": m.sample.answer,
-                }
-                f.write(json.dumps({**row, "successes": m.successes, "k": m.k}) + "\n")
+        for m in hard:
+            row = {"sample_id": m.sample.sample_id, "problem": m.sample.problem, "answer": m.sample.answer}
+            f.write(json.dumps({**row, "successes": m.successes, "k": m.k}) + "\n")
     tmp.replace(mined_path)
     _say(
-        f"{len(hard)} of {len(mined)} samples are hard (≤ {config.hard_max_successes} of {k} succeed) → {mined_path}"
+        f"{len(hard)} of {len(mined)} samples are hard (<= {config.hard_max_successes} of {k} succeed): {mined_path}"
     )
-    return hard
+    return [m.sample for m in hard]
 
 
 def run(argv: list[str]) -> int:
@@ -154,6 +168,8 @@ def run(argv: list[str]) -> int:
 
     model = _model_path(script_args, evolve_args)
     out.mkdir(parents=True, exist_ok=True)
+    pool = _pool(script_args, task)
+    hard = _read_hard_samples(script_args, pool, out)
     from p2o.evolve.phase import PhaseError, run_phase
     from p2o.evolve.reflection import ReflectionError
     from p2o.policy import PolicyServerError, open_policy
@@ -163,7 +179,9 @@ def run(argv: list[str]) -> int:
         policy = open_policy(config, model, out)
         _say(f"starting the policy server ({type(policy).__name__}); log: {policy.log_path or '-'}")
         with policy:
-            hard = _hard_samples(script_args, config, task, policy, out)
+            if hard is None:
+                assert pool is not None
+                hard = _mine(pool, config, task, policy, out)
             if not hard:
                 _say("no hard samples: nothing to evolve")
                 return 1

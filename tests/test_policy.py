@@ -1,0 +1,90 @@
+"""The policy server: a real `transformers serve` on loopback, launched, addressed and stopped by p2o."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from p2o.policy import PolicyClient, PolicyRequestError, PolicyServer, PolicyServerError, free_port
+
+from .conftest import build_tiny_policy
+
+PROMPTS = [f"what {a} + {b} ?" for a in range(3) for b in range(3)]
+
+
+def greedy(server: PolicyServer) -> list[str]:
+    with server.client() as c:
+        return [c.chat([{"role": "user", "content": p}], max_tokens=3).text for p in PROMPTS]
+
+
+def test_server_is_healthy_on_loopback_and_keeps_its_log(tiny_policy_server, tiny_policy):
+    s = tiny_policy_server
+    assert s.host == "127.0.0.1" and s.base_url == f"http://127.0.0.1:{s.port}/v1"
+    assert s.model_name == str(tiny_policy.resolve())
+    assert httpx.get(f"{s.url}/health").json() == {"status": "ok"}
+    with s.client() as c:
+        out = c.chat([{"role": "user", "content": "what 1 + 2 ?"}], max_tokens=3)
+        assert (
+            out.completion_tokens >= 1 and out.prompt_tokens > 0 and out.finish_reason in ("stop", "length")
+        )
+        assert c.usage.requests == 1 and c.usage.completion_tokens == out.completion_tokens
+    log = s.log_path.read_text()
+    assert "starting transformers server" in log and "POST /v1/chat/completions" in log
+
+
+def test_no_caching_greedy_is_repeatable_and_sampling_varies(tiny_policy_server):
+    with tiny_policy_server.client() as c:
+        msgs = [{"role": "user", "content": "what 4 + 4 ?"}]
+        assert len({c.chat(msgs, max_tokens=6).text for _ in range(3)}) == 1
+        sampled = {c.chat(msgs, max_tokens=6, temperature=2.0).text for _ in range(6)}
+        assert len(sampled) > 1  # temperature reaches the model (transformers serve needs do_sample)
+        assert c.usage.requests == 9  # every call is a request: nothing is cached
+
+
+def test_use_checkpoint_serves_the_new_weights(tiny_policy_server, tiny_policy, tmp_path):
+    s = tiny_policy_server
+    before = greedy(s)
+    other = build_tiny_policy(tmp_path / "other", seed=1)
+    try:
+        s.use_checkpoint(other)
+        assert s.model_name == str(other.resolve())
+        after = greedy(s)
+        assert after != before
+        with pytest.raises(PolicyServerError, match="is not a directory"):
+            s.use_checkpoint(tmp_path / "missing")
+        broken = tmp_path / "broken"
+        broken.mkdir()
+        (broken / "config.json").write_text("{}")
+        with pytest.raises(
+            PolicyServerError, match=r"could not load checkpoint .*broken.*log: .*policy_server\.log"
+        ):
+            s.use_checkpoint(broken)
+    finally:
+        s.use_checkpoint(tiny_policy)
+    assert greedy(s) == before  # back to the first weights: nothing was kept from the others
+
+
+def test_request_errors_are_per_request(tiny_policy_server):
+    c = PolicyClient(tiny_policy_server.base_url, "/no/such/model", backend="transformers")
+    with pytest.raises(PolicyRequestError, match="HTTP 500"):
+        c.chat([{"role": "user", "content": "what ?"}], max_tokens=2)
+    assert tiny_policy_server.running
+
+
+def test_unreachable_server_names_the_url():
+    port = free_port()
+    c = PolicyClient(f"http://127.0.0.1:{port}/v1", "m", retries=0)
+    with pytest.raises(
+        PolicyServerError, match=rf"policy server at http://127.0.0.1:{port}/v1 is unreachable"
+    ):
+        c.chat([{"role": "user", "content": "x"}], max_tokens=1)
+
+
+def test_server_that_does_not_come_up_names_the_log(tiny_policy, tmp_path):
+    server = PolicyServer(tiny_policy, log_dir=tmp_path, timeout=60, extra_args=["--no-such-flag"])
+    with pytest.raises(
+        PolicyServerError, match=r"exited with code \d+ while starting; log: .*policy_server\.log"
+    ):
+        server.start()
+    assert not server.running
+    assert "no-such-flag" in (tmp_path / "policy_server.log").read_text()
