@@ -209,3 +209,56 @@ def test_p2o_evolve_command_end_to_end(first_word_world, tiny_policy, tmp_path, 
 
 def test_task_factory_for_cli():
     assert first_word_task().verifier("7 x", "7").correct
+
+
+def test_teacher_reflection_keeps_the_api_key_out_of_every_file(
+    first_word_world, tiny_policy_server, tmp_path, monkeypatch
+):
+    """Teacher-Ref through LiteLLM (its mock response: no network); the key stays in the environment."""
+    import functools
+
+    import litellm
+
+    secret = "sk-test-p2o-do-not-write-0123456789"
+    monkeypatch.setenv("OPENAI_API_KEY", secret)
+    reply = f"```\n{first_word_world.template}\n```"
+    monkeypatch.setattr(litellm, "completion", functools.partial(litellm.completion, mock_response=reply))
+    out = tmp_path / "phase"
+    world = first_word_world
+    result = run_phase(
+        make_config(out, reflection="teacher:openai/gpt-4o-mini"), world.task, world.samples,
+        tiny_policy_server, out, progress=False,
+    )  # fmt: skip
+    assert result.stats["reflection"] == "teacher:openai/gpt-4o-mini"
+    assert result.stats["dev_solved_frac_after"] >= 0.9 and result.stats["tokens"]["reflection_prompt"] > 0
+    for path in out.rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
+
+
+def test_missing_teacher_key_is_refused_before_any_model_call(tmp_path, monkeypatch):
+    from p2o.evolve import ReflectionError, make_reflector
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(ReflectionError, match="needs OPENAI_API_KEY in the environment"):
+        make_reflector("teacher:openai/gpt-4o-mini", temperature=1.0, max_tokens=64)
+
+
+def test_initial_reflection_runs_the_frozen_checkpoint_on_its_own_server(
+    tiny_policy, tiny_policy_server, tmp_path
+):
+    from p2o.evolve import make_reflector
+
+    initial = make_reflector(
+        "initial", temperature=0.0, max_tokens=4, initial_model=tiny_policy, log_dir=tmp_path
+    )
+    live = make_reflector("self", temperature=0.0, max_tokens=4, policy=tiny_policy_server)
+    try:
+        assert initial.server is not None and initial.server.port != tiny_policy_server.port
+        a, b = initial("what 1 + 1 ?"), live("what 1 + 1 ?")
+        assert a.text == b.text and a.completion_tokens > 0  # same weights, two servers
+        assert (tmp_path / "initial_policy_server.log").exists()
+    finally:
+        initial.close()
+        live.close()
+    assert not initial.server.running and tiny_policy_server.running

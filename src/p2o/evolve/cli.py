@@ -152,6 +152,15 @@ def run(argv: list[str]) -> int:
     task = get_task(script_args.task)
     program = load_program(config.program)
     meta_prompt = load_meta_prompt(config.meta_prompt)
+    if config.reflection.startswith("teacher:"):
+        from p2o.evolve.reflection import LiteLLMReflector, ReflectionError
+
+        teacher = LiteLLMReflector(config.reflection[len("teacher:") :], temperature=0.0, max_tokens=1)
+        try:
+            teacher.check_environment()
+        except ReflectionError as e:
+            _say(f"error: {e}")
+            return 1
     if script_args.dry_run:
         plan = {
             "task": task.name,

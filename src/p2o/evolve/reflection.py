@@ -76,6 +76,21 @@ class LiteLLMReflector(Reflector):
         self.temperature = temperature
         self.max_tokens = max_tokens
 
+    def check_environment(self) -> None:
+        """Refuse before the phase starts when the provider's API key is not in the environment."""
+        import litellm
+
+        try:
+            env = litellm.validate_environment(model=self.model)
+        except Exception:  # an unknown provider: let the first call tell
+            return
+        missing = [k for k in env.get("missing_keys", []) if k.endswith("API_KEY")]
+        if not env.get("keys_in_environment", True) and missing:
+            raise ReflectionError(
+                f"reflection {self.name!r} needs {' or '.join(missing)} in the environment "
+                "(p2o reads API keys only from the environment and never writes them anywhere)"
+            )
+
     def __call__(self, prompt: str) -> ReflectionReply:
         import litellm
 
@@ -173,7 +188,9 @@ def make_reflector(
     directory) and `log_dir` for `initial`, which launches its own `transformers serve`.
     """
     if spec.startswith("teacher:"):
-        return LiteLLMReflector(spec[len("teacher:") :], temperature=temperature, max_tokens=max_tokens)
+        teacher = LiteLLMReflector(spec[len("teacher:") :], temperature=temperature, max_tokens=max_tokens)
+        teacher.check_environment()
+        return teacher
     if spec == "toy-teacher":
         return toy_teacher()
     if spec == "self":
