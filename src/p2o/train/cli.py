@@ -7,6 +7,7 @@ Like `trl grpo`: the YAML gives defaults, flags override them. Multi-process:
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -50,33 +51,92 @@ def load_train_samples(script_args: P2OScriptArguments, task: Any, split: str = 
     return res
 
 
+def _count_rows(script_args: P2OScriptArguments) -> int | None:
+    """Rows of a local training file, counted without parsing it (None for hub ids and task data)."""
+    rows = None
+    path = Path(script_args.dataset or "")
+    if script_args.dataset and path.is_file():
+        if path.suffix == ".jsonl":
+            with path.open("rb") as f:
+                rows = sum(1 for line in f if line.strip())
+        elif path.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            rows = pq.ParquetFile(path).metadata.num_rows
+    if script_args.max_samples is not None:
+        rows = script_args.max_samples if rows is None else min(rows, script_args.max_samples)
+    return rows
+
+
 def plan(script_args: P2OScriptArguments, config: P2OConfig) -> dict[str, Any]:
     """What a run will do, resolved without loading a model."""
     phases = config.max_phases != 0
     server = config.policy_server
     if server == "auto":
         server = "vllm (server mode, weights synced)" if config.use_vllm else "transformers serve (loopback)"
-    return {
+    k = config.num_generations
+    world = config.world_size
+    gen_prompts = config.generation_batch_size // k
+    step_prompts = config.per_device_train_batch_size * world * config.gradient_accumulation_steps / k
+    steps_per_gen = config.steps_per_generation // config.gradient_accumulation_steps
+    rows = _count_rows(script_args)
+    if config.max_steps > 0:
+        steps = f"{config.max_steps} (max_steps)"
+    elif rows is not None:
+        per_epoch = rows // gen_prompts * steps_per_gen
+        steps = f"{per_epoch * math.ceil(config.num_train_epochs)} ({rows} rows: {per_epoch} per epoch)"
+    else:
+        steps = f"{config.num_train_epochs:g} epochs (dataset not counted)"
+    if not phases:
+        n_phases = "none"
+    elif config.phase_every_steps:
+        n_phases = f"every {config.phase_every_steps} steps"
+    else:
+        n_phases = f"end of each of {math.ceil(config.num_train_epochs)} epochs"
+    if phases and config.max_phases is not None:
+        n_phases += f", at most {config.max_phases}"
+    vllm_url = config.vllm_server_base_url or f"http://{config.vllm_server_host}:{config.vllm_server_port}"
+    servers = []
+    if config.use_vllm and config.vllm_mode == "server":
+        servers.append(f"vLLM at {vllm_url}: start it first (trl vllm-serve --model <model>)")
+    if phases and not str(server).startswith("vllm"):
+        servers.append(f"policy server for phases: {server}, launched by p2o")
+    if phases and config.reflection == "initial":
+        servers.append("initial policy (reflection): transformers serve, launched by p2o for each phase")
+    reflection = {"initial": "the frozen initial policy (Self-Ref)", "self": "the live policy"}.get(
+        config.reflection, config.reflection
+    )
+    if config.reflection.startswith("teacher:"):
+        reflection = f"{config.reflection[8:]} via LiteLLM (Teacher-Ref; key from the environment)"
+    out = {
         "task": script_args.task,
         "model": script_args.model_name_or_path or "(task default)",
         "dataset": script_args.dataset or "(task's own)",
         "output_dir": config.output_dir,
         "method": "P2O" if phases else "GRPO (no phases)",
-        "K": config.num_generations,
+        "K": k,
         "temperature": config.temperature,
         "learning_rate": config.learning_rate,
         "max_steps": config.max_steps,
         "epochs": config.num_train_epochs,
+        "world_size": world,
+        "batch": f"{gen_prompts} prompts x K per generation batch; {step_prompts:.3g} prompts per optimizer step "
+        f"({config.per_device_train_batch_size} x {world} processes x {config.gradient_accumulation_steps} "
+        "accumulation)",
+        "steps": steps,
         "phase_schedule": f"every {config.phase_every_steps} steps"
         if config.phase_every_steps
         else "end of each epoch",
+        "phases": n_phases,
         "max_phases": config.max_phases,
         "min_hard_samples": config.min_hard_samples,
         "reflection": config.reflection,
+        "reflection_model": reflection if phases else "none",
         "program": config.program,
         "meta_prompt": config.meta_prompt,
         "gepa_max_metric_calls": config.gepa_max_metric_calls,
         "policy_server": server if phases else "none",
+        "servers": servers or ["none"],
         "generation": "vLLM" if config.use_vllm else "in-process (transformers)",
         "distill": config.distill,
         "crm": f"[{config.crm_low}, {config.crm_high}]" if config.crm else "off",
@@ -84,6 +144,12 @@ def plan(script_args: P2OScriptArguments, config: P2OConfig) -> dict[str, Any]:
         "same_template_in_group": config.same_template_in_group,
         "device": "cpu" if config.use_cpu else "cuda",
     }
+    if config.use_cpu and config.vllm_mode == "server":
+        out["note"] = (
+            f"no CUDA GPU here, so vLLM is off; on a GPU node this recipe generates on the vLLM server at "
+            f"{vllm_url}, which the GEPA phases also query"
+        )
+    return out
 
 
 def print_plan(p: dict[str, Any]) -> None:
