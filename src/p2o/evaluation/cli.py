@@ -1,0 +1,211 @@
+"""`p2o eval --model PATH [--model PATH2 ...] --benchmarks aime24,math500,... --output DIR`.
+
+Generates with the vLLM offline engine when it is installed and a GPU is present, otherwise with
+transformers in-process, or with a running OpenAI-compatible server (`--server URL`); scores with
+each benchmark's verifier; reports avg@n and unbiased pass@k per benchmark and the mean over the
+paper's six. Writes DIR/summary.json, DIR/summary.md, DIR/<model>/<bench>.jsonl and, with several
+models, DIR/accuracy.png. Exit status: 0 when every (model, benchmark) ran, 1 when some failed
+(each is named on stderr and in summary.json), 2 for a bad command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from p2o.evaluation.benchmarks import GROUPS, BenchmarkError, list_benchmarks, load_benchmark
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="p2o eval",
+        description="Evaluate checkpoints (and prompt templates) on benchmarks: avg@n and pass@k.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="Checkpoint directory or hub id; repeat for several. NAME=PATH names it in the report. With "
+        "--server: the served model name. Omitted: the benchmarks' task default (the toy world's policy).",
+    )
+    p.add_argument(
+        "--benchmarks",
+        default=None,
+        help=f"Comma-separated names or YAML paths; groups: {', '.join(GROUPS)}. See --list.",
+    )
+    p.add_argument("--list", action="store_true", help="List the benchmarks found and exit.")
+    p.add_argument("--n", type=int, default=None, help="Completions per problem (default: each benchmark's).")
+    p.add_argument(
+        "--temperature", type=float, default=None, help="Sampling temperature; 0 = greedy (then n is 1)."
+    )
+    p.add_argument("--top-p", type=float, default=None, help="Nucleus sampling (default: each benchmark's).")
+    p.add_argument("--max-tokens", type=int, default=None, help="Max new tokens (default: each benchmark's).")
+    p.add_argument(
+        "--pass-k", default=None, help="k of pass@k, e.g. 1,4,16 (default: powers of two up to n, and n)."
+    )
+    p.add_argument("--backend", choices=("auto", "vllm", "transformers"), default="auto")
+    p.add_argument(
+        "--server",
+        default=None,
+        metavar="URL",
+        help="An OpenAI-compatible server (vllm serve / trl vllm-serve / transformers serve) to generate "
+        "with; --backend transformers for transformers serve.",
+    )
+    p.add_argument("--api-key", default=None, help="Bearer token for --server (default: none).")
+    p.add_argument(
+        "--template", type=Path, default=None, help="A text file with a template z: prompts become T(x, z)."
+    )
+    p.add_argument("--output", type=Path, default=Path("runs/eval"), help="Output folder.")
+    p.add_argument(
+        "--data-dir", type=Path, default=None, help="Folder of local benchmark files <name>.jsonl (offline)."
+    )
+    p.add_argument("--limit", type=int, default=None, help="Only the first N problems of each benchmark.")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=32, help="transformers: sequences per generate call.")
+    p.add_argument("--threads", type=int, default=16, help="Scoring threads (and server requests in flight).")
+    p.add_argument(
+        "--chat-template-kwargs",
+        default=None,
+        help="JSON merged over the task's, e.g. '{\"enable_thinking\": false}'.",
+    )
+    p.add_argument("--tensor-parallel-size", type=int, default=1, help="vLLM offline engine.")
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="vLLM offline engine.")
+    p.add_argument("--max-model-len", type=int, default=None, help="vLLM offline engine.")
+    p.add_argument("--no-progress", action="store_true", help="No progress bar.")
+    return p
+
+
+def _fail(msg: str) -> int:
+    print(f"p2o eval: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def _default_model(benchmarks: list[str]) -> str | None:
+    """The task's own policy when every benchmark's task has one (the toy world), else None."""
+    from p2o.evaluation.benchmarks import expand_names
+
+    found: set[str] = set()
+    for name in expand_names(benchmarks):
+        try:
+            task = load_benchmark(name).load_task()
+        except BenchmarkError:
+            return None
+        if task.default_model is None:
+            return None
+        found.add(str(task.default_model()))
+    return found.pop() if len(found) == 1 else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.list:
+        for name in list_benchmarks():
+            try:
+                b = load_benchmark(name)
+                print(f"{name:16s} {b.description or ''}")
+            except BenchmarkError as e:
+                print(f"{name:16s} (invalid: {e})")
+        for group, members in GROUPS.items():
+            print(f"{group:16s} group: {', '.join(members)}")
+        return 0
+    if not args.benchmarks:
+        return _fail("--benchmarks is required (e.g. --benchmarks aime24,math500, or paper); see --list")
+    for flag, value, low in (
+        ("--n", args.n, 1),
+        ("--max-tokens", args.max_tokens, 1),
+        ("--limit", args.limit, 1),
+    ):
+        if value is not None and value < low:
+            return _fail(f"{flag} must be >= {low} (got {value})")
+    if args.temperature is not None and args.temperature < 0:
+        return _fail(f"--temperature must be >= 0 (got {args.temperature})")
+    template = None
+    if args.template is not None:
+        if not args.template.is_file():
+            return _fail(f"--template {args.template}: no such file (a text file holding the template)")
+        template = args.template.read_text(encoding="utf-8")
+        if not template.strip():
+            return _fail(f"--template {args.template} is empty")
+    kwargs = None
+    if args.chat_template_kwargs:
+        try:
+            kwargs = json.loads(args.chat_template_kwargs)
+        except json.JSONDecodeError as e:
+            return _fail(f"--chat-template-kwargs: not JSON ({e})")
+        if not isinstance(kwargs, dict):
+            return _fail("--chat-template-kwargs: must be a JSON object")
+    models = list(args.model)
+    if not models:
+        default = None if args.server else _default_model(args.benchmarks.split(","))
+        if default is None:
+            return _fail("--model is required (a checkpoint directory or hub id; repeat for several)")
+        models = [default]
+    from p2o.evaluation.metrics import parse_ks
+
+    try:
+        parse_ks(args.pass_k, 1 << 30)
+    except ValueError as e:
+        return _fail(str(e))
+
+    from p2o.evaluation.runner import evaluate
+
+    report = evaluate(
+        models,
+        args.benchmarks,
+        n=args.n,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        max_tokens=args.max_tokens,
+        template=template,
+        backend=args.backend,
+        server=args.server,
+        api_key=args.api_key,
+        output_dir=args.output,
+        data_dir=args.data_dir,
+        limit=args.limit,
+        seed=args.seed,
+        pass_k=args.pass_k,
+        batch_size=args.batch_size,
+        num_threads=args.threads,
+        chat_template_kwargs=kwargs,
+        vllm_kwargs={
+            "tensor_parallel_size": args.tensor_parallel_size,
+            "gpu_memory_utilization": args.gpu_memory_utilization,
+            "max_model_len": args.max_model_len,
+        },
+        progress=not args.no_progress,
+    )
+    _print_table(report)
+    print(f"p2o eval: wrote {args.output / 'summary.json'} and {args.output / 'summary.md'}", file=sys.stderr)
+    for err in report.errors:
+        print(f"p2o eval: FAILED {err}", file=sys.stderr)
+    return 1 if report.errors else 0
+
+
+def _print_table(report) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="p2o eval: accuracy (%)")
+    table.add_column("model")
+    for b in report.benchmarks:
+        table.add_column(b, justify="right")
+    table.add_column("mean", justify="right")
+    for m in report.models:
+        rows = report.results[m]
+        cells = []
+        for b in report.benchmarks:
+            r = rows.get(b)
+            cells.append("error" if r is None or r.avg is None else f"{100 * r.avg:.1f} ({r.metric})")
+        mean = report.average(m)["mean"]
+        cells.append("—" if mean is None else f"{100 * mean:.1f}")
+        table.add_row(m, *cells)
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
