@@ -37,7 +37,6 @@ def test_the_recipe_set_is_complete():
 def test_every_recipe_passes_dry_run(recipe, capsys):
     assert train_main(["--config", str(recipe), "--dry-run"]) == 0
     p = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert p["model"] == "Qwen/Qwen3-4B" and p["task"] == "math"
     assert "servers" in p and "phases" in p and "reflection_model" in p and "steps" in p
 
 
