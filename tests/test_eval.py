@@ -330,3 +330,32 @@ def test_template_measures_a_prompt_without_training(
     served = evaluate(server, [bench], template=world.template, progress=False)
     assert served.accuracy() == 1.0
     assert evaluate(server, [bench], progress=False).accuracy() == 0.0
+
+
+def test_template_from_a_phase_templates_json(tmp_path, capsys):
+    from p2o.evaluation.cli import read_template
+
+    phase = tmp_path / "templates.json"
+    phase.write_text(
+        json.dumps(
+            {
+                "component": "instructions",
+                "templates": [
+                    {"id": "0", "text": "", "dev_solved": 0, "mean": 0.0},
+                    {"id": "1", "text": "Think in steps.", "dev_solved": 3, "mean": 0.2},
+                    {"id": "2", "text": "Check each digit.", "dev_solved": 3, "mean": 0.4},
+                ],
+            }
+        )
+    )
+    assert read_template(phase) == "Check each digit."  # most dev samples solved, then the higher mean
+    assert read_template(phase, "1") == "Think in steps."
+    with pytest.raises(ValueError, match="--template-id 9: not in"):
+        read_template(phase, "9")
+    with pytest.raises(ValueError, match="the template is empty"):
+        read_template(phase, "0")
+    text = tmp_path / "z.txt"
+    text.write_text("Be careful.\n")
+    assert read_template(text) == "Be careful.\n"
+    with pytest.raises(ValueError, match="--template-id needs"):
+        read_template(text, "1")

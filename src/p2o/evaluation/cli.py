@@ -57,7 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--api-key", default=None, help="Bearer token for --server (default: none).")
     p.add_argument(
-        "--template", type=Path, default=None, help="A text file with a template z: prompts become T(x, z)."
+        "--template",
+        type=Path,
+        default=None,
+        help="A template z: prompts become T(x, z). A text file, or a templates.json of a prompt-evolution "
+        "phase (the template that solves most dev samples, or --template-id).",
+    )
+    p.add_argument(
+        "--template-id", default=None, help="With a templates.json: the id of the template to use."
     )
     p.add_argument("--output", type=Path, default=Path("runs/eval"), help="Output folder.")
     p.add_argument(
@@ -77,6 +84,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-model-len", type=int, default=None, help="vLLM offline engine.")
     p.add_argument("--no-progress", action="store_true", help="No progress bar.")
     return p
+
+
+def read_template(path: Path, template_id: str | None = None) -> str:
+    """The template text of `--template`: a text file's content, or one entry of a phase's templates.json
+    (`template_id`, else the one solving most dev samples, ties to the higher mean score)."""
+    if not path.is_file():
+        raise ValueError(f"--template {path}: no such file (a text file, or a phase's templates.json)")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        try:
+            entries = json.loads(text)["templates"]
+            by_id = {str(t["id"]): t for t in entries}
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ValueError(
+                f"--template {path}: not a templates.json of a prompt-evolution phase ({e})"
+            ) from e
+        if template_id is not None:
+            if template_id not in by_id:
+                raise ValueError(f"--template-id {template_id}: not in {path} (ids: {', '.join(by_id)})")
+            chosen = by_id[template_id]
+        elif not entries:
+            raise ValueError(f"--template {path}: holds no templates")
+        else:
+            chosen = max(entries, key=lambda t: (t.get("dev_solved", 0), t.get("mean", 0.0)))
+        print(f"p2o eval: template {chosen['id']} of {path}", file=sys.stderr)
+        text = str(chosen["text"])
+    elif template_id is not None:
+        raise ValueError("--template-id needs --template pointing at a templates.json")
+    if not text.strip():
+        raise ValueError(f"--template {path}: the template is empty")
+    return text
 
 
 def _fail(msg: str) -> int:
@@ -125,11 +163,10 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"--temperature must be >= 0 (got {args.temperature})")
     template = None
     if args.template is not None:
-        if not args.template.is_file():
-            return _fail(f"--template {args.template}: no such file (a text file holding the template)")
-        template = args.template.read_text(encoding="utf-8")
-        if not template.strip():
-            return _fail(f"--template {args.template} is empty")
+        try:
+            template = read_template(args.template, args.template_id)
+        except ValueError as e:
+            return _fail(str(e))
     kwargs = None
     if args.chat_template_kwargs:
         try:
