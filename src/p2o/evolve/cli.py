@@ -8,8 +8,8 @@ K = `num_generations` rollouts of each training sample at `temperature`, hard wh
 (`gepa_max_metric_calls`). Outputs go to `output_dir` (see `p2o.evolve.phase`); running again on the
 same directory resumes.
 
-For the toy world, `model_name_or_path` may be left out: the toy model is built (or taken from the
-cache) with `p2o.toy.ensure_toy_model`.
+For the toy world, a `model_name_or_path` that does not exist yet (or none) is built first with
+`p2o.toy.ensure_toy_model` (a cached build is reused).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ class EvolveArguments:
         metadata={"help": "reflection=initial: the frozen initial checkpoint; default model_name_or_path."},
     )
     toy_seed: int = field(
-        default=0, metadata={"help": "task=toy without a model: seed of the toy model to build."}
+        default=0, metadata={"help": "task=toy and the model is not built yet: the seed to build it with."}
     )
 
 
@@ -41,13 +41,14 @@ def _say(msg: str) -> None:
 
 
 def _model_path(script_args: Any, evolve_args: EvolveArguments) -> str:
-    if script_args.model_name_or_path:
-        return script_args.model_name_or_path
-    if script_args.task == "toy":
+    path = script_args.model_name_or_path
+    if script_args.task == "toy" and (path is None or not Path(path).exists()):
         from p2o.toy import ensure_toy_model
 
-        _say("no model_name_or_path: building (or reusing) the toy model ...")
-        return str(ensure_toy_model(seed=evolve_args.toy_seed))
+        _say(f"building the toy model ({path or 'cache'}; reused when already built) ...")
+        return str(ensure_toy_model(seed=evolve_args.toy_seed, output=path))
+    if path:
+        return path
     from p2o.config import ConfigError
 
     raise ConfigError("model_name_or_path: required (a checkpoint directory of the policy)")
