@@ -22,7 +22,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="p2o eval",
         description="Evaluate checkpoints (and prompt templates) on benchmarks: avg@n and pass@k.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(
         "--model",
@@ -47,7 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--pass-k", default=None, help="k of pass@k, e.g. 1,4,16 (default: powers of two up to n, and n)."
     )
-    p.add_argument("--backend", choices=("auto", "vllm", "transformers"), default="auto")
+    p.add_argument(
+        "--backend",
+        choices=("auto", "vllm", "transformers"),
+        default="auto",
+        help="auto (default): the vLLM offline engine when vLLM and a GPU are present, else transformers.",
+    )
     p.add_argument(
         "--server",
         default=None,
@@ -66,21 +70,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--template-id", default=None, help="With a templates.json: the id of the template to use."
     )
-    p.add_argument("--output", type=Path, default=Path("runs/eval"), help="Output folder.")
+    p.add_argument(
+        "--output", type=Path, default=Path("runs/eval"), help="Output folder (default: runs/eval)."
+    )
     p.add_argument(
         "--data-dir", type=Path, default=None, help="Folder of local benchmark files <name>.jsonl (offline)."
     )
     p.add_argument("--limit", type=int, default=None, help="Only the first N problems of each benchmark.")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=32, help="transformers: sequences per generate call.")
-    p.add_argument("--threads", type=int, default=16, help="Scoring threads (and server requests in flight).")
+    p.add_argument("--seed", type=int, default=0, help="Sampling seed (default: 0).")
+    p.add_argument(
+        "--batch-size", type=int, default=32, help="transformers: sequences per generate call (default: 32)."
+    )
+    p.add_argument(
+        "--threads", type=int, default=16, help="Scoring threads and server requests in flight (default: 16)."
+    )
     p.add_argument(
         "--chat-template-kwargs",
         default=None,
         help="JSON merged over the task's, e.g. '{\"enable_thinking\": false}'.",
     )
-    p.add_argument("--tensor-parallel-size", type=int, default=1, help="vLLM offline engine.")
-    p.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="vLLM offline engine.")
+    p.add_argument("--tensor-parallel-size", type=int, default=1, help="vLLM offline engine (default: 1).")
+    p.add_argument(
+        "--gpu-memory-utilization", type=float, default=0.9, help="vLLM offline engine (default: 0.9)."
+    )
     p.add_argument("--max-model-len", type=int, default=None, help="vLLM offline engine.")
     p.add_argument("--no-progress", action="store_true", help="No progress bar.")
     return p
