@@ -330,3 +330,28 @@ def test_real_phase_through_transformers_serve(tiny_model, tmp_path):
     assigned = json.loads((out / "rounds/round-001/evolve/assignments.json").read_text())
     assert set(assigned) <= {s.sample_id for s in tiny_samples()}
     assert all(len(v) == 3 for v in assigned.values())
+
+
+def test_heldout_curve_matches_p2o_eval_on_the_saved_model(tiny_model, tmp_path):
+    """The curve's last point and `p2o.evaluation.evaluate` on the final checkpoint agree."""
+    from dataclasses import replace
+
+    from p2o.evaluation import evaluate
+    from p2o.evaluation.benchmarks import Benchmark
+
+    task = replace(tiny_task(), splits=lambda split: tiny_samples(6))
+    tr = P2OTrainer(
+        model=str(tiny_model),
+        task=task,
+        args=make_config(tmp_path, max_steps=2, heldout_eval="test", heldout_every_steps=1),
+        train_dataset=to_dataset(task, tiny_samples()),
+        enable_phases=False,
+    )
+    tr.train()
+    points = [json.loads(x) for x in (Path(tr.args.output_dir) / "heldout.jsonl").read_text().splitlines()]
+    assert [p["step"] for p in points] == [0, 1, 2]
+    tr.save_model(str(tmp_path / "final"))
+    tr.processing_class.save_pretrained(tmp_path / "final")
+    bench = Benchmark(name="test", task=task, split="test", n=1, temperature=0.0, max_tokens=4)
+    report = evaluate(str(tmp_path / "final"), [bench], progress=False)
+    assert report.accuracy(benchmark="test") == points[-1]["test"]

@@ -184,6 +184,18 @@ class P2OConfig(GRPOConfig):
         default=0, metadata={"help": "Rollouts of each templated group generated without a template."}
     )
 
+    # ---- held-out evaluation during training ----
+    heldout_eval: str | None = field(
+        default=None,
+        metadata={
+            "help": "Comma-separated splits of the task's own data (e.g. 'test_hard,test_easy') measured "
+            "greedy, without instruction, at the start, every heldout_every_steps and at the end."
+        },
+    )
+    heldout_every_steps: int = field(
+        default=0, metadata={"help": "Held-out evaluation period in optimizer steps; 0 = start and end only."}
+    )
+
     # ---- policy server (GEPA phase) ----
     policy_server: str = field(
         default="auto",
@@ -288,6 +300,7 @@ class P2OConfig(GRPOConfig):
             f"in [0, num_generations={k})",
             self.untemplated_rollouts,
         )
+        _check(self.heldout_every_steps >= 0, "heldout_every_steps", ">= 0", self.heldout_every_steps)
         server = self.policy_server
         _check(
             server in ("auto", "transformers", "vllm") or server.startswith(("http://", "https://")),

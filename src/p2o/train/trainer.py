@@ -147,6 +147,13 @@ class P2OTrainer(GRPOTrainer):
             **kwargs,
         )
         self.add_callback(PhaseCallback(self))
+        self.heldout = None
+        if args.heldout_eval:
+            from p2o.train.heldout import HeldOutEval
+
+            splits = [x.strip() for x in args.heldout_eval.split(",") if x.strip()]
+            self.heldout = HeldOutEval(self, splits, args.heldout_every_steps)
+            self.add_callback(self.heldout)
         if enable_phases and phase_runner is None and args.max_phases != 0:
             # Fail before any work on what a phase would trip over much later.
             from p2o.templates import load_meta_prompt, load_program
