@@ -29,12 +29,14 @@ from typing import Any
 import dspy
 from dspy.signatures.signature import _default_instructions
 
+from p2o.config import ConfigError
 from p2o.tasks.base import Messages, PromptBuilder
 from p2o.templates.render import render_augmented
 
 
-class ProgramError(ValueError):
-    """A template program that cannot be found or does not have the expected shape."""
+class ProgramError(ConfigError):
+    """A template program that cannot be found or does not have the expected shape (the `program`
+    setting is at fault, so it is a `ConfigError`)."""
 
 
 def programs_dirs() -> list[Path]:
