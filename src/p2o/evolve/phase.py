@@ -207,6 +207,7 @@ def _reflector(
         initial_model=initial_model,
         log_dir=log_dir,
         server_timeout=config.policy_server_timeout,
+        seed=config.seed,
     )
     return reflector, True
 

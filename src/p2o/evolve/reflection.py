@@ -156,20 +156,13 @@ def as_reflector(obj: Any, name: str | None = None) -> Reflector:
     raise TypeError(f"a reflection model must be callable (prompt -> str), got {type(obj).__name__}")
 
 
-def toy_teacher() -> Reflector:
-    """The toy world's scripted teacher."""
+def toy_teacher(seed: int = 0) -> Reflector:
+    """The toy world's scripted teacher (`p2o.toy.teacher.make_toy_teacher`), its choices seeded."""
     try:
-        from p2o.toy import teacher as mod
+        from p2o.toy.teacher import make_toy_teacher
     except ModuleNotFoundError as e:
-        raise ReflectionError(
-            "reflection 'toy-teacher' needs the toy world (p2o.toy), which is not installed"
-        ) from e
-    fn = mod if callable(mod) else getattr(mod, "teacher", None) or getattr(mod, "ToyTeacher", None)
-    if isinstance(fn, type):
-        fn = fn()
-    if fn is None or not callable(fn):
-        raise ReflectionError("p2o.toy.teacher exposes no callable teacher")
-    return CallableReflector(fn, "toy-teacher")
+        raise ReflectionError("reflection 'toy-teacher' needs the toy world (p2o.toy.teacher)") from e
+    return CallableReflector(make_toy_teacher(seed=seed), "toy-teacher")
 
 
 def make_reflector(
@@ -181,6 +174,7 @@ def make_reflector(
     initial_model: str | Path | None = None,
     log_dir: str | Path | None = None,
     server_timeout: float = 300.0,
+    seed: int = 0,
 ) -> Reflector:
     """Build the reflector named by `config.reflection`.
 
@@ -192,7 +186,7 @@ def make_reflector(
         teacher.check_environment()
         return teacher
     if spec == "toy-teacher":
-        return toy_teacher()
+        return toy_teacher(seed)
     if spec == "self":
         if policy is None:
             raise ReflectionError("reflection 'self' needs the live policy server")
