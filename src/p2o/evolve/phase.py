@@ -20,6 +20,7 @@ Outputs in `output_dir` (written atomically; a person can open each):
   `dev_solved_frac_after` (fraction of dev samples solved by at least one candidate),
   `best_single` (the best one template alone), `metric_calls`, `reflection_calls`, `rejected` by
   reason, `seconds`, token counts, ...;
+- `phase.png` — dev solve fraction (any candidate, best single) against metric calls;
 - `gepa/` — GEPA's run directory (its state, `evaluations.jsonl` with every rollout's score,
   `proposals.jsonl` with every reflection reply and its verdict, `gepa_log.txt`).
 
@@ -391,6 +392,44 @@ def run_phase(
         return phase
 
 
+def _plot_progress(templates: list[dict[str, Any]], n_dev: int, stats: dict[str, Any], path: Path) -> None:
+    """phase.png: dev solve fraction (any candidate / best single) against metric calls spent."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # the picture is a convenience; phase.json has the numbers
+        return
+    order = sorted(templates, key=lambda t: t["discovered_at_metric_calls"])
+    xs, union, best = [], [], []
+    solved: set[str] = set()
+    top = 0
+    for t in order:
+        mine = {s for s, v in t["dev_scores"].items() if v > 0}
+        solved |= mine
+        top = max(top, len(mine))
+        xs.append(t["discovered_at_metric_calls"])
+        union.append(len(solved) / n_dev)
+        best.append(top / n_dev)
+    xs.append(stats["metric_calls"])
+    union.append(union[-1])
+    best.append(best[-1])
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.step(xs, union, where="post", label="solved by any candidate")
+    ax.step(xs, best, where="post", label="best single template")
+    ax.set_xlabel("metric calls")
+    ax.set_ylabel("dev samples solved")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(f"{len(templates)} candidates, {stats['reflection_calls']} reflection calls")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
 def _finalize(
     result: Any,
     *,
@@ -474,6 +513,7 @@ def _finalize(
     write_json_atomic(output_dir / "templates.json", {"component": comp, "templates": templates})
     write_json_atomic(output_dir / "assignments.json", assignments)
     write_json_atomic(output_dir / "phase.json", stats)
+    _plot_progress(templates, n_dev, stats, output_dir / "phase.png")
     return PhaseResult(
         templates=dict(zip(ids, texts, strict=True)),
         assignments=assignments,
