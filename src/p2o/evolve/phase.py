@@ -302,8 +302,10 @@ def run_phase(
             **(task.chat_template_kwargs or {}),
             **(getattr(config, "chat_template_kwargs", None) or {}),
         }
-        client = policy.client(chat_template_kwargs=template_kwargs)
         reflector, own_reflector = _reflector(config, reflection_lm, policy, initial_model, output_dir)
+        if own_reflector:
+            owned.callback(reflector.close)
+        client = policy.client(chat_template_kwargs=template_kwargs)
         bar = _Progress(config.gepa_max_metric_calls, progress, len(dev))
         adapter = PolicyTemplateAdapter(
             program=prog,
@@ -353,8 +355,6 @@ def run_phase(
             bar.close()
             adapter.close()
             client.close()
-            if own_reflector:
-                reflector.close()
 
         counters = adapter.stats()
         counters["seconds"] = round(counters["seconds"], 3)

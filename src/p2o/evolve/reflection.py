@@ -58,7 +58,7 @@ class CallableReflector(Reflector):
 
     def __init__(self, fn: Callable[[str], Any], name: str | None = None):
         self.fn = fn
-        self.name = name or getattr(fn, "__name__", type(fn).__name__)
+        self.name = name or getattr(fn, "name", None) or getattr(fn, "__name__", type(fn).__name__)
 
     def __call__(self, prompt: str) -> ReflectionReply:
         out = self.fn(prompt)
