@@ -359,3 +359,23 @@ def test_template_from_a_phase_templates_json(tmp_path, capsys):
     assert read_template(text) == "Be careful.\n"
     with pytest.raises(ValueError, match="--template-id needs"):
         read_template(text, "1")
+
+
+def test_task_kwargs_reach_every_benchmark(tmp_path, monkeypatch):
+    import tests.test_eval as this
+    from tests.tiny_world import tiny_samples, tiny_task
+
+    seen: list[dict] = []
+
+    def factory(**kwargs):
+        seen.append(kwargs)
+        return dataclasses.replace(tiny_task(), splits=lambda split: tiny_samples(2))
+
+    monkeypatch.setattr(this, "task_factory", factory, raising=False)
+    bench = tmp_path / "kw.yaml"
+    bench.write_text("name: kw\ntask: tests.test_eval:task_factory\ntask_kwargs: {a: 1}\nsplit: test\n")
+    gen = ScriptedGenerator({"what is 0 + 0": ["0"], "what is 1 + 1": ["3"]})  # one right, one wrong
+    report = evaluate(gen, [str(bench)], task_kwargs={"b": 2}, progress=False)
+    assert seen[-1] == {"a": 1, "b": 2}
+    assert report.accuracy() == 0.5
+    assert report.settings["task_kwargs"] == {"b": 2}

@@ -89,6 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="JSON merged over the task's, e.g. '{\"enable_thinking\": false}'.",
     )
+    p.add_argument(
+        "--task-kwargs",
+        default=None,
+        help="JSON merged into every benchmark's task options, e.g. '{\"seed\": 1}' for a toy policy of world 1.",
+    )
     p.add_argument("--tensor-parallel-size", type=int, default=1, help="vLLM offline engine (default: 1).")
     p.add_argument(
         "--gpu-memory-utilization", type=float, default=0.9, help="vLLM offline engine (default: 0.9)."
@@ -179,14 +184,18 @@ def main(argv: list[str] | None = None) -> int:
             template = read_template(args.template, args.template_id)
         except ValueError as e:
             return _fail(str(e))
-    kwargs = None
-    if args.chat_template_kwargs:
-        try:
-            kwargs = json.loads(args.chat_template_kwargs)
-        except json.JSONDecodeError as e:
-            return _fail(f"--chat-template-kwargs: not JSON ({e})")
-        if not isinstance(kwargs, dict):
-            return _fail("--chat-template-kwargs: must be a JSON object")
+    parsed: dict[str, dict | None] = {}
+    for flag in ("chat_template_kwargs", "task_kwargs"):
+        raw = getattr(args, flag)
+        parsed[flag] = None
+        if raw:
+            name = "--" + flag.replace("_", "-")
+            try:
+                parsed[flag] = json.loads(raw)
+            except json.JSONDecodeError as e:
+                return _fail(f"{name}: not JSON ({e})")
+            if not isinstance(parsed[flag], dict):
+                return _fail(f"{name}: must be a JSON object")
     models = list(args.model)
     if not models:
         default = None if args.server else _default_model(args.benchmarks.split(","))
@@ -220,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         pass_k=args.pass_k,
         batch_size=args.batch_size,
         num_threads=args.threads,
-        chat_template_kwargs=kwargs,
+        chat_template_kwargs=parsed["chat_template_kwargs"],
+        task_kwargs=parsed["task_kwargs"],
         vllm_kwargs={
             "tensor_parallel_size": args.tensor_parallel_size,
             "gpu_memory_utilization": args.gpu_memory_utilization,

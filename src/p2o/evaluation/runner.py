@@ -14,6 +14,7 @@ interrupted run keeps what it finished.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from collections.abc import Sequence
@@ -225,6 +226,7 @@ def evaluate(
     batch_size: int = 32,
     num_threads: int = 16,
     chat_template_kwargs: dict[str, Any] | None = None,
+    task_kwargs: dict[str, Any] | None = None,
     vllm_kwargs: dict[str, Any] | None = None,
     progress: bool = True,
 ) -> EvalReport:
@@ -243,6 +245,7 @@ def evaluate(
     data_dir: a folder of local benchmark files `<name>.jsonl` that win over hub ids.
     limit: evaluate only the first `limit` problems of each benchmark (smoke runs).
     pass_k: the k of pass@k ("1,4,16"); default powers of two up to n, and n.
+    task_kwargs: merged into every benchmark's task options (`{"seed": 1}`: the toy world of seed 1).
     """
     model_list = list(models) if isinstance(models, list | tuple) else [models]
     bench_list = _bench_specs(benchmarks)
@@ -253,7 +256,7 @@ def evaluate(
     if template is not None and not template.strip():
         template = None
 
-    loaded = [_load(spec, data_dir, limit) for spec in bench_list]
+    loaded = [_load(spec, data_dir, limit, task_kwargs) for spec in bench_list]
     names = [lb.bench.name for lb in loaded]
     specs = [m for m in model_list if not hasattr(m, "generate")]
     labelled = iter(model_labels([str(m) for m in specs]))
@@ -267,6 +270,7 @@ def evaluate(
         "backend": "server" if server else backend,
         "server": server,
         "template": template,
+        "task_kwargs": task_kwargs,
         "seed": seed,
         "limit": limit,
         "overrides": {"n": n, "temperature": temperature, "top_p": top_p, "max_tokens": max_tokens},
@@ -343,7 +347,9 @@ def _bench_specs(benchmarks: Any) -> list[str | Benchmark]:
     return out
 
 
-def _load(spec: str | Benchmark, data_dir: str | Path | None, limit: int | None) -> _Loaded:
+def _load(
+    spec: str | Benchmark, data_dir: str | Path | None, limit: int | None, task_kwargs: dict[str, Any] | None
+) -> _Loaded:
     if isinstance(spec, Benchmark):
         bench = spec
     else:
@@ -351,6 +357,8 @@ def _load(spec: str | Benchmark, data_dir: str | Path | None, limit: int | None)
             bench = load_benchmark(spec)
         except BenchmarkError as e:
             return _Loaded(Benchmark(name=Path(str(spec)).stem or str(spec)), error=str(e))
+    if task_kwargs and isinstance(bench.task, str):
+        bench = dataclasses.replace(bench, task_kwargs={**bench.task_kwargs, **task_kwargs})
     try:
         task = bench.load_task()
         samples, source = bench.load_samples(task, data_dir=data_dir, limit=limit)
