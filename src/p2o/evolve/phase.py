@@ -128,6 +128,8 @@ class _Progress:
 
     def advance(self, n: int) -> None:
         with self.lock:
+            if self.bar.total is not None and self.bar.n + n > self.bar.total:
+                self.bar.total = self.bar.n + n  # GEPA finishes its last iteration past the budget
             self.bar.update(n)
 
     def _postfix(self) -> None:
