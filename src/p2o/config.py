@@ -363,7 +363,11 @@ class P2OScriptArguments:
         metadata={"help": "Skip (and count) rows with a missing/empty problem or answer instead of failing."},
     )
     eval_dataset: str | None = field(
-        default=None, metadata={"help": "Held-out data (same forms as dataset)."}
+        default=None,
+        metadata={
+            "help": "Held-out data (same forms as dataset) for TRL's evaluation loop: rollouts and rewards "
+            "every eval_steps when eval_strategy is set."
+        },
     )
     hard_samples: str | None = field(
         default=None,

@@ -182,11 +182,27 @@ def run(argv: list[str]) -> int:
     model = resolve_model(script_args, task)
     print(f"p2o train: {loaded.summary()}; model {model}", file=sys.stderr)
     dataset = to_dataset(task, loaded.samples)
+    eval_dataset = None
+    if script_args.eval_dataset:
+        # TRL's evaluation: rollouts and rewards on held-out prompts at each eval step (eval_strategy).
+        from p2o.tasks.data import task_samples
+
+        held = task_samples(
+            task,
+            script_args.eval_dataset,
+            problem_field=script_args.problem_field,
+            answer_field=script_args.answer_field,
+            id_field=script_args.id_field,
+            skip_bad_rows=script_args.skip_bad_rows or None,
+        )
+        print(f"p2o train: eval {held.summary()}", file=sys.stderr)
+        eval_dataset = to_dataset(task, held.samples)
     trainer = P2OTrainer(
         model=model,
         task=task,
         args=config,
         train_dataset=dataset,
+        eval_dataset=eval_dataset,
         samples={s.sample_id: s for s in loaded.samples},
         enable_phases=config.max_phases != 0,
         callbacks=[RoundDisplay()],
