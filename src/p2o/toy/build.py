@@ -1,0 +1,553 @@
+"""Build the toy policy: pre-train a tiny Qwen3 on the toy world, calibrate it, save it, measure it.
+
+Pre-training mixes four kinds of examples, their prompts rendered exactly as the trainer renders
+them (the chat template over x, or over x̃ = `render_augmented(x, instruction)`):
+
+- *instructed*: an instruction naming a random rule + a problem with any operator (easy, hard or
+  unknown); the answer follows the instruction. This is the only way hard operators are seen.
+- *easy*: an easy operator, no instruction; the answer follows the operator's rule.
+- *unknown*: an unknown operator, no instruction; the answer digits are uniformly random.
+- *vague*: a vague instruction (no rule) + an easy or unknown operator; answered as without one.
+
+A first phase (`copy_steps`) uses short prompts whose instructions copy one of the numbers: the
+quickest way for attention to learn where the two digits of a place are, which long prompts make
+slow to find.
+
+Calibration: pre-training leaves the policy nearly certain wherever it knows the rule, so K
+rollouts at T=0.6 from the right instruction would all succeed and their group would carry zero
+advantage, unlike a real LLM helped by a good prompt. The build therefore scales the final norm
+(all logits by one factor α < 1, the classic post-hoc temperature calibration) so that one rollout
+from the right instruction succeeds with probability `templated_success` at T=0.6. Greedy answers
+do not change (the arg max is the same); only how spread out samples are.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from p2o.toy import world as W
+from p2o.toy.measure import measure, prompt_text
+from p2o.toy.model import IM_END, ModelSize, build_model, build_tokenizer
+
+BUILD_FILE = "build.json"
+REPORT_FILE = "report.json"
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    """Everything a build depends on besides the seed (all of it goes into the cache fingerprint)."""
+
+    digits: int = W.DIGITS
+    n_easy: int = W.N_EASY
+    n_hard: int = W.N_HARD
+    n_unknown: int = W.N_UNKNOWN
+    size: ModelSize = field(default_factory=ModelSize)
+    steps: int = 1000
+    batch_size: int = 64
+    learning_rate: float = 3e-3
+    # Qwen3's RMS norms on queries and keys cap how sharp attention can be until their weights grow.
+    norm_lr_scale: float = 3.0
+    warmup_steps: int = 50
+    weight_decay: float = 0.01
+    # Shares of the pre-training mix: instructed, easy, unknown, vague.
+    mix: tuple[float, float, float, float] = (0.6, 0.2, 0.12, 0.08)
+    copy_steps: int = 300
+    copy_mix: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.0)
+    # Probability that one rollout at `calibration_temperature` from the right instruction succeeds
+    # on a hard problem; None leaves the policy uncalibrated (then nearly 1.0).
+    templated_success: float | None = 0.7
+    calibration_temperature: float = 0.6
+    eval_problems: int = 400
+    eval_groups: int = 300
+    # Torch CPU threads; 0 = two on an idle machine, one when other jobs keep the CPU busy (there,
+    # two threads spin against each other and a step takes several times longer). The result is
+    # the same either way, so this is not part of the fingerprint.
+    threads: int = 0
+
+    def world(self, seed: int) -> W.ToyWorld:
+        return W.make_world(seed, self.digits, self.n_easy, self.n_hard, self.n_unknown)
+
+
+PRESETS: dict[str, BuildSettings] = {
+    "default": BuildSettings(),
+    # Seconds, for tests: tiny dims, a few steps; the model loads and generates but knows little.
+    "tiny": BuildSettings(
+        size=ModelSize(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=16,
+            max_position_embeddings=128,
+        ),
+        steps=20,
+        batch_size=16,
+        copy_steps=5,
+        eval_problems=16,
+        eval_groups=8,
+    ),
+}
+
+
+def settings_from(preset: str = "default", **overrides: Any) -> BuildSettings:
+    """A preset with some fields replaced (`size` may be a dict of `ModelSize` fields)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown toy build preset {preset!r}; choose one of {sorted(PRESETS)}")
+    base = PRESETS[preset]
+    if isinstance(overrides.get("size"), dict):
+        overrides["size"] = dataclasses.replace(base.size, **overrides["size"])
+    unknown = set(overrides) - {f.name for f in dataclasses.fields(BuildSettings)}
+    if unknown:
+        raise ValueError(f"unknown toy build setting(s) {sorted(unknown)}")
+    return dataclasses.replace(base, **overrides)
+
+
+def _code_version() -> str:
+    """Hash of the sources that decide what a build produces (a change invalidates caches)."""
+    h = hashlib.sha256()
+    here = Path(__file__).parent
+    for name in ("world.py", "model.py", "build.py", "measure.py"):
+        h.update((here / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def fingerprint(seed: int, settings: BuildSettings) -> str:
+    fields = asdict(settings)
+    fields.pop("threads")
+    blob = json.dumps({"seed": seed, "settings": fields, "code": _code_version()}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def default_cache_dir(seed: int = 0, settings: BuildSettings | None = None) -> Path:
+    """`$P2O_CACHE/toy/seed-N` (default `~/.cache/p2o`); non-default settings get a suffix."""
+    root = Path(os.environ.get("P2O_CACHE") or Path.home() / ".cache" / "p2o") / "toy"
+    settings = dataclasses.replace(settings or PRESETS["default"], threads=0)
+    if settings == PRESETS["default"]:
+        return root / f"seed-{seed}"
+    tag = hashlib.sha256(json.dumps(asdict(settings), sort_keys=True).encode()).hexdigest()[:8]
+    return root / f"seed-{seed}-{tag}"
+
+
+def is_built(path: str | Path, seed: int, settings: BuildSettings) -> bool:
+    f = Path(path) / BUILD_FILE
+    try:
+        return json.loads(f.read_text()).get("fingerprint") == fingerprint(seed, settings)
+    except (OSError, ValueError):
+        return False
+
+
+# ---------------------------------------------------------------------------------------------------
+# Pre-training data
+
+
+def pretraining_example(
+    world: W.ToyWorld, rng: random.Random, settings: BuildSettings, copy_phase: bool = False
+) -> tuple[str, str, str]:
+    """(kind, prompt text, answer text) of one pre-training example; held-out problems never appear.
+
+    `copy_phase`: short prompts whose instructions (bare paraphrases) copy one of the numbers.
+    """
+    mix = settings.copy_mix if copy_phase else settings.mix
+    kind = rng.choices(("instructed", "easy", "unknown", "vague"), weights=mix)[0]
+    easy, hard, unknown = list(world.easy), list(world.hard), list(world.unknown)
+    if kind == "instructed":
+        # Easy operators are weighted up (the instruction must override their own rule); hard and
+        # unknown ones are drawn alike, so that nothing but the uninstructed examples tells them apart
+        # and a hard operator without instruction is treated as an unknown one.
+        op = rng.choice(easy) if rng.random() < 0.4 else rng.choice(hard + unknown)
+        if copy_phase:
+            rule = rng.choice(("first", "second"))
+            ins = W.compose_instruction(rule, rng, preface_p=0.0, closing_p=0.0)
+        else:
+            rule = rng.choice(list(W.RULES))
+            ins = W.compose_instruction(rule, rng)
+        problem = world.problem(rng, op)
+        a, _, b = W.parse_problem(problem)  # type: ignore[misc]
+        return kind, prompt_text(problem, ins), W.apply_rule(rule, a, b)
+    instruction = W.vague_instruction(rng) if kind == "vague" else None
+    if kind == "easy" or (kind == "vague" and rng.random() < 0.5):
+        op = rng.choice(easy)
+    else:
+        op = rng.choice(unknown)
+    problem = world.problem(rng, op)
+    if op in world.easy:
+        answer = world.answer(problem)
+    else:
+        answer = "".join(str(rng.randint(0, 9)) for _ in range(world.digits))
+    return kind, prompt_text(problem, instruction), answer
+
+
+def _batch(tokenizer: Any, examples: list[tuple[str, str, str]]):
+    """Right-padded input ids, attention mask and labels (loss on the answer digits and EOS only)."""
+    import torch
+
+    prompts = tokenizer([p for _, p, _ in examples], add_special_tokens=False)["input_ids"]
+    answers = tokenizer([a + IM_END for _, _, a in examples], add_special_tokens=False)["input_ids"]
+    width = max(len(p) + len(a) for p, a in zip(prompts, answers, strict=True))
+    ids = torch.full((len(examples), width), tokenizer.pad_token_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for i, (p, a) in enumerate(zip(prompts, answers, strict=True)):
+        n = len(p) + len(a)
+        ids[i, :n] = torch.tensor(p + a)
+        labels[i, len(p) : n] = torch.tensor(a)
+        mask[i, :n] = 1
+    return ids, mask, labels
+
+
+BUCKETS = 4
+
+
+def answer_loss(model: Any, ids: Any, mask: Any, labels: Any) -> Any:
+    """Mean cross-entropy of the labelled (answer) tokens; logits are computed at those positions
+    only, which saves the LM head's work on every prompt position."""
+    import torch.nn.functional as F
+
+    hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
+    target = labels[:, 1:]
+    keep = target != -100
+    logits = model.lm_head(hidden[:, :-1][keep])
+    return F.cross_entropy(logits.float(), target[keep])
+
+
+# ---------------------------------------------------------------------------------------------------
+# The build
+
+
+@dataclass
+class BuildResult:
+    path: Path
+    report: dict[str, Any]
+    reused: bool
+
+
+def _progress(enabled: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("[bold]toy pre-training[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.3f}"),
+        TimeRemainingColumn(),
+        disable=not enabled,
+        transient=False,
+    )
+
+
+def pretrain(
+    model: Any, tokenizer: Any, world: W.ToyWorld, settings: BuildSettings, seed: int, progress: bool
+):
+    """Train `model` in place; returns the loss log (one row per 10 steps)."""
+    import torch
+
+    rng = random.Random(f"p2o-toy-pretrain-{seed}")
+    torch.manual_seed(seed)
+    norms = [p for n, p in model.named_parameters() if "norm" in n]
+    rest = [p for n, p in model.named_parameters() if "norm" not in n]
+    opt = torch.optim.AdamW(
+        [
+            {"params": rest},
+            {"params": norms, "lr": settings.learning_rate * settings.norm_lr_scale, "weight_decay": 0.0},
+        ],
+        lr=settings.learning_rate,
+        betas=(0.9, 0.98),
+        weight_decay=settings.weight_decay,
+    )
+    warm, total = settings.warmup_steps, settings.steps
+
+    def lr_at(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        t = (step - warm) / max(1, total - warm)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    model.train()
+    log: list[dict[str, float]] = []
+    running = float("nan")
+    with _progress(progress) as bar:
+        task = bar.add_task("pretrain", total=total, loss=float("nan"))
+        for step in range(total):
+            phase = "copy" if step < settings.copy_steps else "main"
+            examples = [
+                pretraining_example(world, rng, settings, phase == "copy") for _ in range(settings.batch_size)
+            ]
+            # Length buckets waste less compute on padding.
+            examples.sort(key=lambda e: len(e[1]))
+            opt.zero_grad(set_to_none=True)
+            v = 0.0
+            size = -(-len(examples) // BUCKETS)
+            for i in range(0, len(examples), size):
+                part = examples[i : i + size]
+                loss = answer_loss(model, *_batch(tokenizer, part)) * len(part) / len(examples)
+                loss.backward()
+                v += float(loss.detach())
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            running = v if math.isnan(running) else 0.95 * running + 0.05 * v
+            if step % 10 == 0 or step == total - 1:
+                log.append({"step": step, "phase": phase, "loss": v, "lr": sched.get_last_lr()[0]})
+            bar.update(task, advance=1, loss=running)
+    model.eval()
+    return log
+
+
+def calibrate(
+    model: Any, tokenizer: Any, world: W.ToyWorld, target: float, temperature: float, seed: int, n: int = 256
+) -> dict[str, float]:
+    """Scale all logits by one factor α (the final norm's weight) so that a rollout at `temperature`
+    from the right instruction solves a hard problem with probability `target` (computed exactly
+    from the per-token probabilities of the gold answer, on training problems). Never sharpens."""
+    import torch
+
+    rng = random.Random(f"p2o-toy-calibrate-{seed}")
+    hard = sorted(world.hard)
+    prompts, golds = [], []
+    for i in range(n):
+        op = hard[i % len(hard)]
+        problem = world.problem(rng, op)
+        prompts.append(prompt_text(problem, W.compose_instruction(world.hard[op], rng)))
+        golds.append(tokenizer(world.answer(problem) + IM_END, add_special_tokens=False)["input_ids"])
+    logits = _gold_logits(model, tokenizer, prompts, golds)  # (n, L, V) at the gold positions
+    gold = torch.tensor(golds)
+
+    def success(alpha: float) -> float:
+        logp = torch.log_softmax(logits * alpha / temperature, dim=-1)
+        return float(logp.gather(-1, gold[..., None]).squeeze(-1).sum(-1).exp().mean())
+
+    before = success(1.0)
+    lo, hi = 1e-3, 1.0
+    if before > target:
+        for _ in range(40):  # success(α) grows with α while the gold tokens are the arg max
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if success(mid) < target else (lo, mid)
+        alpha = hi
+    else:
+        alpha = 1.0
+    with torch.no_grad():
+        model.model.norm.weight.mul_(alpha)
+    return {"alpha": alpha, "success_before": before, "success_after": success(alpha), "target": target}
+
+
+def _gold_logits(model: Any, tokenizer: Any, prompts: list[str], golds: list[list[int]]):
+    import torch
+
+    ps = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    seqs = [p + g for p, g in zip(ps, golds, strict=True)]
+    width = max(map(len, seqs))
+    ids = torch.full((len(seqs), width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, q in enumerate(seqs):
+        ids[i, : len(q)] = torch.tensor(q)
+        mask[i, : len(q)] = 1
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask).logits.float()
+    rows = [
+        logits[i, len(p) - 1 : len(p) - 1 + len(g)] for i, (p, g) in enumerate(zip(ps, golds, strict=True))
+    ]
+    return torch.stack(rows)
+
+
+def _save_tokenizer(tokenizer: Any, path: Path) -> None:
+    tokenizer.save_pretrained(path)
+    # Name the generic fast class so that loaders older than transformers 5 (vLLM's) know it too.
+    cfg_path = path / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    cfg_path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n")
+
+
+def _plot_loss(log: list[dict[str, float]], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # the picture is a convenience; the numbers are in pretrain_log.jsonl
+        return
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([r["step"] for r in log], [r["loss"] for r in log])
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (answer tokens)")
+    ax.set_title("toy policy pre-training")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def auto_threads() -> int:
+    """2 threads when the CPU is idle enough for both, else 1 (see `BuildSettings.threads`)."""
+    cores = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        load = 0.0
+    return max(1, min(2, cores, int(cores - load + 0.5)))
+
+
+def _train_and_save(dest: Path, seed: int, settings: BuildSettings, progress: bool) -> dict[str, Any]:
+    import torch
+
+    t0 = time.perf_counter()
+    threads = torch.get_num_threads()
+    used_threads = settings.threads or auto_threads()
+    torch.set_num_threads(used_threads)
+    try:
+        world = settings.world(seed)
+        tokenizer = build_tokenizer()
+        model = build_model(tokenizer, settings.size, seed)
+        log = pretrain(model, tokenizer, world, settings, seed, progress)
+        calibration = None
+        if settings.templated_success is not None:
+            calibration = calibrate(
+                model, tokenizer, world, settings.templated_success, settings.calibration_temperature, seed
+            )
+        train_seconds = time.perf_counter() - t0
+        figures = measure(
+            model,
+            tokenizer,
+            world,
+            n_problems=settings.eval_problems,
+            n_groups=settings.eval_groups,
+            temperature=settings.calibration_temperature,
+        )
+    finally:
+        torch.set_num_threads(threads)
+    dest.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(dest)
+    _save_tokenizer(tokenizer, dest)
+    (dest / "world.json").write_text(json.dumps(world.to_dict(), indent=2, ensure_ascii=False) + "\n")
+    (dest / "pretrain_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+    _plot_loss(log, dest / "pretrain_loss.png")
+    report = {
+        "seed": seed,
+        "params": sum(p.numel() for p in model.parameters()),
+        **figures,
+        "calibration": calibration,
+        "threads": used_threads,
+        "train_seconds": round(train_seconds, 1),
+        "build_seconds": round(time.perf_counter() - t0, 1),
+        "world": {"easy": world.easy, "hard": world.hard, "unknown": list(world.unknown)},
+        "settings": asdict(settings),
+    }
+    (dest / REPORT_FILE).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    report = json.loads((dest / REPORT_FILE).read_text())  # as every later reader sees it
+    build = {"fingerprint": fingerprint(seed, settings), "seed": seed, "settings": asdict(settings)}
+    (dest / BUILD_FILE).write_text(json.dumps(build, indent=2) + "\n")
+    return report
+
+
+def _replace_dir(src: Path, dest: Path) -> None:
+    """Move a finished build into place (a concurrent reader sees the old or the new one)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    old = None
+    if dest.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
+        os.replace(dest, old / "x")
+    os.replace(src, dest)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _copy_build(src: Path, dest: Path) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=_parent(dest)))
+    shutil.copytree(src, tmp / "x")
+    _replace_dir(tmp / "x", dest)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _parent(p: Path) -> Path:
+    p.parent.mkdir(parents=True, exist_ok=True)
+    return p.parent
+
+
+def build_toy_model(
+    output: str | Path,
+    seed: int = 0,
+    settings: BuildSettings | None = None,
+    force: bool = False,
+    progress: bool = True,
+    use_cache: bool = True,
+) -> BuildResult:
+    """Build (or reuse) the toy policy of `seed` into `output`; returns its path and report.
+
+    Reused when `output` already holds a build with the same fingerprint (seed, settings, code), or
+    copied from the shared cache (`default_cache_dir`) when that holds one. A fresh build is also
+    copied into the cache (unless `use_cache` is False) so the next caller gets it in seconds.
+    Concurrent callers building the same directory wait for the first one and reuse its build.
+    """
+    settings = settings or PRESETS["default"]
+    output = Path(output).expanduser()
+    if output.exists() and not output.is_dir():
+        raise ValueError(f"--output {output} exists and is not a directory")
+    if not force and is_built(output, seed, settings):
+        return BuildResult(output, json.loads((output / REPORT_FILE).read_text()), reused=True)
+    if output.exists() and any(output.iterdir()) and not (output / BUILD_FILE).exists():
+        raise ValueError(
+            f"--output {output} is a non-empty directory that holds no toy build; "
+            "choose an empty or new directory"
+        )
+    with _locked(output):
+        if not force and is_built(output, seed, settings):  # built by another process meanwhile
+            return BuildResult(output, json.loads((output / REPORT_FILE).read_text()), reused=True)
+        cache = default_cache_dir(seed, settings)
+        same = cache.resolve() == output.resolve()
+        if use_cache and not force and not same and is_built(cache, seed, settings):
+            _copy_build(cache, output)
+            return BuildResult(output, json.loads((output / REPORT_FILE).read_text()), reused=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=_parent(output)))
+        try:
+            report = _train_and_save(tmp / "x", seed, settings, progress)
+            _replace_dir(tmp / "x", output)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    if use_cache and not same:
+        # A read-only cache only costs the next caller a rebuild.
+        with contextlib.suppress(OSError), _locked(cache):
+            _copy_build(output, cache)
+    return BuildResult(output, report, reused=False)
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive lock on `path` (a `.NAME.lock` file beside it), held for the block."""
+    import fcntl
+
+    lock = _parent(path) / f".{path.name}.lock"
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def ensure_toy_model(
+    seed: int = 0,
+    output: str | Path | None = None,
+    preset: str = "default",
+    progress: bool = True,
+    **overrides: Any,
+) -> Path:
+    """The directory of a built toy policy for `seed` (built on first use, then cached).
+
+    `AutoModelForCausalLM.from_pretrained(path)` and `AutoTokenizer.from_pretrained(path)` load it.
+    """
+    settings = settings_from(preset, **overrides)
+    path = Path(output) if output is not None else default_cache_dir(seed, settings)
+    return build_toy_model(path, seed=seed, settings=settings, progress=progress).path

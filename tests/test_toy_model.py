@@ -1,0 +1,112 @@
+"""The toy policy: tokenizer and chat template round trips, a reduced-size build, the cache, the CLI."""
+
+import json
+
+import pytest
+
+from p2o.templates import render_augmented
+from p2o.toy import world as W
+from p2o.toy.build import build_toy_model, default_cache_dir, ensure_toy_model, is_built, settings_from
+from p2o.toy.measure import prompt_text
+from p2o.toy.model import build_tokenizer, render_chat
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("P2O_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def tiny_build(tmp_path_factory):
+    import os
+
+    os.environ.setdefault("P2O_CACHE", str(tmp_path_factory.mktemp("cache")))
+    out = tmp_path_factory.mktemp("toy") / "model"
+    return build_toy_model(out, seed=1, settings=settings_from("tiny"), progress=False, use_cache=False)
+
+
+def test_tokenizer_round_trips_the_templated_prompt():
+    tok = build_tokenizer()
+    x = [{"role": "user", "content": "347 ⊕ 219"}]
+    xt = render_augmented(
+        x, "Work through the two numbers digit by digit, from left to right. Copy the first number."
+    )
+    for msgs in (x, xt):
+        text = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+        assert text == render_chat(msgs)
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        assert tok.unk_token_id not in ids
+        assert tok.decode(ids) == text
+    assert "\n\n" in tok.convert_ids_to_tokens(tok(render_chat(xt), add_special_tokens=False)["input_ids"])
+    answer = tok("556<|im_end|>", add_special_tokens=False)["input_ids"]
+    assert answer[-1] == tok.eos_token_id and tok.decode(answer, skip_special_tokens=True) == "556"
+    every = [s for sents in W.list_instructions().values() for s in sents]
+    assert all(tok.unk_token_id not in tok(s, add_special_tokens=False)["input_ids"] for s in every)
+
+
+def test_reduced_build_loads_with_auto_classes_and_generates(tiny_build):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = tiny_build.path
+    report = json.loads((path / "report.json").read_text())
+    for key in (
+        "instructed_acc",
+        "easy_acc",
+        "hard_acc",
+        "params",
+        "build_seconds",
+        "hard_group_success_frac",
+    ):
+        assert key in report
+    assert report["crm_ratio_below_0.01"] >= 0 and report["world"]["hard"]
+    model = AutoModelForCausalLM.from_pretrained(path)
+    tok = AutoTokenizer.from_pretrained(path)
+    assert type(model).__name__ == "Qwen3ForCausalLM" and tok.is_fast
+    assert tok.pad_token is not None and tok.eos_token == "<|im_end|>"
+    assert model.generation_config.eos_token_id == tok.eos_token_id
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": "347 ⊕ 219"}], add_generation_prompt=True, tokenize=False
+    )
+    assert text == prompt_text("347 ⊕ 219")
+    enc = tok([text, prompt_text("12 ⊗ 34", "Copy the first number.")], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        out = model.generate(**enc, max_new_tokens=5, do_sample=False)
+    assert out.shape[0] == 2 and out.shape[1] <= enc["input_ids"].shape[1] + 5
+    for name in ("world.json", "pretrain_log.jsonl", "build.json", "config.json", "tokenizer.json"):
+        assert (path / name).is_file()
+
+
+def test_second_build_with_same_seed_is_reused(tiny_build, tmp_path):
+    again = build_toy_model(tiny_build.path, seed=1, settings=settings_from("tiny"), progress=False)
+    assert again.reused and again.report == tiny_build.report
+    assert not is_built(tiny_build.path, seed=2, settings=settings_from("tiny"))
+    with pytest.raises(ValueError, match="non-empty directory"):
+        (tmp_path / "junk").mkdir()
+        (tmp_path / "junk" / "x.txt").write_text("x")
+        build_toy_model(tmp_path / "junk", seed=1, settings=settings_from("tiny"), progress=False)
+
+
+def test_ensure_toy_model_uses_the_cache(tmp_path):
+    p = ensure_toy_model(seed=0, preset="tiny", progress=False, steps=2)
+    assert p == default_cache_dir(0, settings_from("tiny", steps=2)) and (p / "report.json").is_file()
+    # A build into another directory is copied from the cache instead of retrained.
+    res = build_toy_model(tmp_path / "copy", seed=0, settings=settings_from("tiny", steps=2), progress=False)
+    assert res.reused and (tmp_path / "copy" / "model.safetensors").is_file()
+
+
+def test_cli_build_report_and_world(tmp_path, capsys):
+    from p2o.toy.cli import main
+
+    out = tmp_path / "cli"
+    assert (
+        main(["build", "--output", str(out), "--preset", "tiny", "--steps", "2", "--quiet", "--no-cache"])
+        == 0
+    )
+    assert "built toy policy" in capsys.readouterr().out
+    assert main(["report", str(out)]) == 0
+    assert "instructed_acc" in capsys.readouterr().out
+    assert main(["world", "--seed", "2"]) == 0
+    assert "hard" in capsys.readouterr().out
+    assert main(["build", "--output", str(out), "--preset", "nope", "--quiet"]) == 2
+    assert "unknown toy build preset" in capsys.readouterr().err
