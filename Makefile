@@ -18,9 +18,9 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 install: $(STAMP)
 
-# Until `p2o demo` lands this shows the CLI; it will run the demo.
+# The quick demo: builds (or reuses) the toy policy, trains grpo and p2o_teacher, writes runs/demo/.
 demo: $(STAMP)
-	$(BIN)/p2o --help
+	$(BIN)/p2o demo --quick --output-dir runs/demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
