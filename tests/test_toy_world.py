@@ -153,3 +153,33 @@ def test_teacher_noise_gives_wrong_or_vague_rules():
     assert set(W.RULES) <= set(langs) and langs["vague"]
     with pytest.raises(ValueError, match="noise"):
         ToyTeacher(noise=1.5)
+
+
+@pytest.mark.parametrize("meta_prompt", [None, "toy.md", "compact.md"])
+def test_teacher_reads_gepas_rendering_of_the_reflective_dataset(meta_prompt):
+    """Records shaped as p2o.evolve's adapter makes them, rendered by GEPA's own prompt renderer."""
+    from pathlib import Path
+
+    from gepa.strategies.instruction_proposal import InstructionProposalSignature
+
+    template = None
+    if meta_prompt is not None:
+        path = Path(__file__).parents[1] / "programs" / "meta_prompts" / meta_prompt
+        if not path.is_file():
+            pytest.skip(f"{path} is not there")
+        template = path.read_text()
+    world = W.make_world(4)
+    rng = random.Random(4)
+    op, rule = sorted(world.hard.items())[0]
+    records = []
+    for i in range(3):
+        p = world.problem(rng, op)
+        gold = world.answer(p)
+        feedback = f"{i} of 4 sampled answers were correct. First answer: Your final answer 000 is incorrect. The correct answer is {gold}."
+        records.append({"Inputs": {"problem": p}, "Generated Outputs": "000", "Feedback": feedback})
+    prompt = InstructionProposalSignature.prompt_renderer(
+        {"current_instruction_doc": "", "dataset_with_feedback": records, "prompt_template": template}
+    )
+    reply = ToyTeacher(noise=0.0)(prompt)
+    new = InstructionProposalSignature.output_extractor(reply)["new_instruction"]
+    assert W.rule_of_instruction(new) == rule

@@ -119,7 +119,7 @@ RULES: dict[str, Rule] = {
             "copy the first number",
             (
                 "Copy the first number.",
-                "In each place, write the digit of the first number and ignore the second.",
+                "In each place, write the digit of the first number.",
                 "The answer is the first number, digit for digit.",
             ),
             hideable=False,
@@ -130,7 +130,7 @@ RULES: dict[str, Rule] = {
             "copy the second number",
             (
                 "Copy the second number.",
-                "In each place, write the digit of the second number and ignore the first.",
+                "In each place, write the digit of the second number.",
                 "The answer is the second number, digit for digit.",
             ),
             hideable=False,
