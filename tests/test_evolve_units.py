@@ -140,6 +140,24 @@ def test_assignment_draws_from_the_templates_that_solved_each_sample():
     assert assign_templates(MATRIX, hard, k=6, seed=1) != out
 
 
+def test_assignment_with_scores_outside_dev_draws_from_the_templates_that_solved_them():
+    # assign_score_all: the cover templates were also scored on the train-side samples.
+    extra = {"A": {"train1": 0.0, "train2": 1.0}, "C": {"train1": 1.0, "train2": 0.0}}
+    out = assign_templates(MATRIX, ["train1", "train2", "train3", "d1"], k=6, seed=0, solved_on=extra)
+    assert set(out["train1"]) == {"C"} and set(out["train2"]) == {"A"}
+    assert set(out["train3"]) <= {"A", "C"}  # not scored: the whole cover
+    assert set(out["d1"]) == {"A"}
+    # skip_unsolved: samples no cover template solved stay untemplated.
+    kept = assign_templates(
+        MATRIX, ["train1", "train3", "d6"], k=6, seed=0, solved_on=extra, skip_unsolved=True
+    )
+    assert set(kept) == {"train1"}
+    # The cover and the weights still come from the dev matrix alone.
+    assert assign_templates(MATRIX, ["d5"], k=6, seed=0, solved_on=extra) == assign_templates(
+        MATRIX, ["d5"], k=6, seed=0
+    )
+
+
 def test_nothing_solved_means_nothing_assigned():
     assert assign_templates({"seed": {"d1": 0.0, "d2": 0.0}}, ["d1", "d2"], k=4) == {}
     with pytest.raises(ValueError, match="k must be"):

@@ -19,7 +19,7 @@ phase_every_steps, max_phases
 > Prompt evolution (GEPA)
 program, dev_max_size, dev_split_threshold, gepa_max_metric_calls, gepa_reflection_minibatch_size,
 gepa_candidate_selection, gepa_samples_per_item, gepa_temperature, gepa_max_tokens, gepa_num_threads,
-feedback_include_gold, proposal_max_chars
+feedback_include_gold, proposal_max_chars, assign_score_all
 
 > Reflection model
 reflection, reflection_temperature, reflection_max_tokens, meta_prompt
@@ -144,6 +144,15 @@ class P2OConfig(GRPOConfig):
     )
     proposal_max_chars: int = field(
         default=4000, metadata={"help": "Reject proposed templates longer than this (characters)."}
+    )
+    assign_score_all: bool = field(
+        default=False,
+        metadata={
+            "help": "After GEPA, score the cover templates on the hard samples outside dev too (cover × "
+            "train extra policy evaluations), so every hard sample draws its K templates from those that "
+            "solved it, and one that none solved stays untemplated (and hard, to be mined again). False = "
+            "the paper's assignment: unsolved and train-side samples draw from the whole cover."
+        },
     )
 
     # ---- reflection model ----

@@ -5,7 +5,9 @@
 2. Greedy set cover over the dev samples the templates solve → the cover set Z.
 3. Every hard sample gets K templates drawn with replacement, weighted by each template's mean dev
    score, from the templates of Z that solved it; a sample no template of Z solved (a train-side hard
-   sample, or an unsolved dev sample) draws from all of Z.
+   sample, or an unsolved dev sample) draws from all of Z. With `solved_on` (scores of the cover
+   templates on the train-side samples too: `assign_score_all`), train-side samples also draw from the
+   templates that solved them.
 
 Never GEPA's Pareto tie sets: they include templates tied at 0. The draw for a sample depends only
 on `seed` and its id, so adding or reordering samples does not change anyone else's templates.
@@ -64,11 +66,17 @@ def assign_templates(
     solved_threshold: float = 0.0,
     exclude: Collection[str] = (),
     cover: Sequence[str] | None = None,
+    solved_on: ScoreMatrix | None = None,
+    skip_unsolved: bool = False,
 ) -> dict[str, list[str]]:
     """K template ids per hard sample (sample id → list of K ids), drawn as the module docstring says.
 
     `sample_ids` are all hard samples to assign (dev and train). With an empty cover set (no template
-    solved any dev sample) nothing can be assigned and the result is `{}`.
+    solved any dev sample) nothing can be assigned and the result is `{}`. `solved_on`: more scores
+    (template id → {sample id → score}) that count, next to the dev scores, for which templates solved
+    a sample; the cover and the weights stay those of the dev matrix. `skip_unsolved`: a sample no
+    cover template solved gets no templates (it stays untemplated, so it stays hard and is mined
+    again) instead of drawing from the whole cover.
     """
     if k < 1:
         raise ValueError(f"k must be >= 1 (got {k})")
@@ -78,9 +86,15 @@ def assign_templates(
         return {}
     means = mean_scores(score_matrix)
     solved = solved_sets(score_matrix, solved_threshold)
+    for t, more in solved_sets(solved_on or {}, solved_threshold).items():
+        solved[t] = solved.get(t, set()) | more
     out: dict[str, list[str]] = {}
     for sid in sample_ids:
-        pool = [t for t in cover if sid in solved.get(t, ())] or list(cover)
+        pool = [t for t in cover if sid in solved.get(t, ())]
+        if not pool:
+            if skip_unsolved:
+                continue
+            pool = list(cover)
         weights = [max(means.get(t, 0.0), 1e-12) for t in pool]
         rng = random.Random(f"{seed}|{sid}")
         out[sid] = rng.choices(pool, weights=weights, k=k)

@@ -327,6 +327,7 @@ def run_phase(
         )
         bar.adapter = adapter
         error: Exception | None = None
+        extra: dict[str, dict[str, float]] = {}
         try:
             import gepa
 
@@ -350,6 +351,8 @@ def run_phase(
                 track_best_outputs=False,
                 raise_on_exception=True,
             )
+            if config.assign_score_all and train:
+                extra = _score_cover_on_train(result, prog, dev, train, adapter)
         except (PolicyServerError, ReflectionError) as e:
             error = e
             result = _saved_result(run_dir)
@@ -373,6 +376,7 @@ def run_phase(
             train=train,
             counters=counters,
             output_dir=output_dir,
+            train_scores=extra,
             meta={
                 "status": "interrupted" if error else "complete",
                 "error": str(error) if error else None,
@@ -432,6 +436,33 @@ def _plot_progress(templates: list[dict[str, Any]], n_dev: int, stats: dict[str,
     os.replace(tmp, path)
 
 
+def _dev_matrix(result: Any, program: TemplateProgram, dev: list[Sample]):
+    """(template texts, template ids, score matrix over dev, ids of empty templates, cover set)."""
+    texts = [c[program.predictor_name] for c in result.candidates]
+    ids = [f"t{i}-{template_hash(t)[:6]}" for i, t in enumerate(texts)]
+    dev_ids = [s.sample_id for s in dev]
+    matrix = {
+        ids[i]: {dev_ids[v]: float(score) for v, score in sorted(result.val_subscores[i].items())}
+        for i in range(len(ids))
+    }
+    empty = {ids[i] for i, t in enumerate(texts) if not t.strip()}
+    return texts, ids, matrix, empty, greedy_set_cover(matrix, exclude=empty)
+
+
+def _score_cover_on_train(
+    result: Any, program: TemplateProgram, dev: list[Sample], train: list[Sample], adapter: Any
+) -> dict[str, dict[str, float]]:
+    """`assign_score_all`: every cover template scored on the train-side hard samples."""
+    texts, ids, _, _, cover = _dev_matrix(result, program, dev)
+    dev_ids = {s.sample_id for s in dev}
+    rest = [s for s in train if s.sample_id not in dev_ids]
+    out: dict[str, dict[str, float]] = {}
+    for tid in cover:
+        batch = adapter.evaluate(rest, {program.predictor_name: texts[ids.index(tid)]})
+        out[tid] = {s.sample_id: float(v) for s, v in zip(rest, batch.scores, strict=True)}
+    return out
+
+
 def _finalize(
     result: Any,
     *,
@@ -442,20 +473,22 @@ def _finalize(
     counters: dict[str, Any],
     output_dir: Path,
     meta: dict[str, Any],
+    train_scores: dict[str, dict[str, float]] | None = None,
 ) -> PhaseResult:
     comp = program.predictor_name
-    texts = [c[comp] for c in result.candidates]
-    ids = [f"t{i}-{template_hash(t)[:6]}" for i, t in enumerate(texts)]
+    texts, ids, matrix, empty, cover = _dev_matrix(result, program, dev)
     dev_ids = [s.sample_id for s in dev]
-    matrix = {
-        ids[i]: {dev_ids[v]: float(score) for v, score in sorted(result.val_subscores[i].items())}
-        for i in range(len(ids))
-    }
-    empty = {ids[i] for i, t in enumerate(texts) if not t.strip()}
-    cover = greedy_set_cover(matrix, exclude=empty)
+    train_scores = train_scores or {}
     hard_ids = dev_ids + [s.sample_id for s in train if s.sample_id not in set(dev_ids)]
     assignments = assign_templates(
-        matrix, hard_ids, k=int(config.num_generations), seed=config.seed, exclude=empty, cover=cover
+        matrix,
+        hard_ids,
+        k=int(config.num_generations),
+        seed=config.seed,
+        exclude=empty,
+        cover=cover,
+        solved_on=train_scores,
+        skip_unsolved=bool(getattr(config, "assign_score_all", False)),
     )
     solved = solved_sets(matrix)
     means = mean_scores(matrix)
@@ -474,6 +507,7 @@ def _finalize(
             "in_cover": ids[i] in cover,
             "discovered_at_metric_calls": result.discovery_eval_counts[i],
             "dev_scores": matrix[ids[i]],
+            **({"train_scores": train_scores[ids[i]]} if ids[i] in train_scores else {}),
         }
         for i in range(len(ids))
     ]
@@ -486,6 +520,12 @@ def _finalize(
         "best_single": {"id": best, "dev_solved_frac": len(solved[best]) / n_dev, "mean": means[best]},
         "metric_calls": result.total_metric_calls,
         "budget": config.gepa_max_metric_calls,
+        "assign_metric_calls": sum(len(v) for v in train_scores.values()),
+        "train_solved_frac": (
+            len(set().union(*solved_sets(train_scores).values())) / max(1, len(hard_ids) - n_dev)
+            if train_scores
+            else None
+        ),
         "reflection_calls": counters["reflection_calls"],
         "rejected": rejected,
         "seconds": counters["seconds"],
