@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+
 import httpx
 import pytest
 
@@ -88,3 +93,29 @@ def test_server_that_does_not_come_up_names_the_log(tiny_policy, tmp_path):
         server.start()
     assert not server.running
     assert "no-such-flag" in (tmp_path / "policy_server.log").read_text()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux-only")
+def test_server_process_dies_with_a_killed_parent():
+    # A p2o process killed with SIGKILL runs no atexit handler; its server must not outlive it.
+    parent = (
+        "import os, signal, subprocess\n"
+        "from p2o.policy.server import die_with_parent\n"
+        "p = subprocess.Popen(['sleep', '60'], start_new_session=True, preexec_fn=die_with_parent)\n"
+        "print(p.pid, flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", parent], capture_output=True, text=True, timeout=60)
+    pid = int(out.stdout.split()[0])
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().split(") ")[-1].startswith("Z"):  # a zombie: dead, reaped by init soon
+                    break
+        except FileNotFoundError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(pid, 9)
+        raise AssertionError("the child outlived its killed parent")

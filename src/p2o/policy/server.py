@@ -47,6 +47,16 @@ def _stop_all() -> None:
         server.stop()
 
 
+def die_with_parent() -> None:
+    """`preexec_fn` for a server process: on Linux it gets SIGTERM when the process that launched it
+    dies, however it died (atexit does not run on SIGTERM or SIGKILL), so no server outlives p2o."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 @runtime_checkable
 class Policy(Protocol):
     """What a phase needs from the live policy: where it is and how to talk to it."""
@@ -254,6 +264,7 @@ class PolicyServer:
                 stdin=subprocess.DEVNULL,
                 env=env,
                 start_new_session=True,  # its own process group: stop() ends it and its children
+                preexec_fn=die_with_parent,
             )
         except FileNotFoundError as e:
             self._close_log()
