@@ -119,3 +119,12 @@ def test_readme_documents_every_p2o_field():
     ours += [f.name for f in dataclasses.fields(P2OScriptArguments)]
     missing = [name for name in ours if f"`{name}`" not in readme]
     assert not missing, f"README's configuration reference lacks: {missing}"
+
+
+def test_cli_train_refuses_an_output_dir_holding_an_earlier_run(yaml_cfg, tmp_path, capsys):
+    from p2o.train.cli import main as train_main
+
+    (tmp_path / "out" / "rounds" / "round-001").mkdir(parents=True)
+    assert train_main(["--config", str(yaml_cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "output_dir" in err and str(tmp_path / "out") in err and "--resume" in err

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -64,6 +65,8 @@ def run_method(
         fields["num_generations"] = fields.get("num_generations", 6) * k_factor
         fields["per_device_train_batch_size"] = fields.get("per_device_train_batch_size", 6) * k_factor
     config = P2OConfig(**fields)
+    if (out / name).exists():  # every demo run starts fresh: old rounds would be taken for a resume
+        shutil.rmtree(out / name)
     task = get_task(recipe.get("task", "toy"), **{**(recipe.get("task_kwargs") or {}), "seed": seed})
     samples = task_samples(task, split="train").samples
     trainer = P2OTrainer(

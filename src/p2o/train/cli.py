@@ -163,7 +163,7 @@ def print_plan(p: dict[str, Any]) -> None:
 
 
 def run(argv: list[str]) -> int:
-    from p2o.config import parse_config
+    from p2o.config import ConfigError, parse_config
 
     script_args, config = parse_config(argv)
     if script_args.dry_run:
@@ -173,8 +173,15 @@ def run(argv: list[str]) -> int:
 
     from p2o.tasks.data import to_dataset
     from p2o.train.display import RoundDisplay
-    from p2o.train.trainer import P2OTrainer
+    from p2o.train.trainer import STATE_FILE, P2OTrainer
 
+    out = Path(config.output_dir)
+    if not script_args.resume and ((out / STATE_FILE).exists() or (out / "rounds").exists()):
+        # A fresh run there would mix its rounds with the old ones (and each phase would refuse).
+        raise ConfigError(
+            f"output_dir: {out} holds an earlier run (rounds/, {STATE_FILE}); pass --resume to continue "
+            "it, or choose another --output_dir"
+        )
     task = load_task(script_args)
     if config.chat_template_kwargs is None and task.chat_template_kwargs:
         config.chat_template_kwargs = dict(task.chat_template_kwargs)
