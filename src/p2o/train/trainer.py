@@ -240,29 +240,25 @@ class P2OTrainer(GRPOTrainer):
         device = self.accelerator.device
         rows = [i for i, t in enumerate(info["templated"]) if t]
         comp_ids, comp_mask = out["completion_ids"][rows], out["completion_mask"][rows]
-        aug = [torch.tensor(info["gen_prompt_ids"][i]) for i in rows]
-        aug_ids = pad(aug, padding_value=self._tokenizer.pad_token_id, padding_side="left").to(device)
-        aug_mask = pad([torch.ones_like(a) for a in aug], padding_value=0, padding_side="left").to(device)
-        logits_to_keep = comp_ids.size(1)
-        bs = self.args.per_device_train_batch_size
-        logp_aug, _, _ = self._get_per_token_logps_and_entropies(
-            self.model,
-            torch.cat([aug_ids, comp_ids], 1),
-            torch.cat([aug_mask, comp_mask], 1),
-            logits_to_keep,
-            bs,
-        )
-        if out.get("old_per_token_logps") is not None:
-            logp_x = out["old_per_token_logps"][rows]
-        else:
+        prompts = [torch.tensor(info["gen_prompt_ids"][i]) for i in rows]
+        old = out.get("old_per_token_logps")
+        if old is None:
+            # log π(y|x) too, in the same forward pass as log π(y|x̃) (one call instead of two).
             p_ids, p_mask = out["prompt_ids"][rows], out["prompt_mask"][rows]
-            logp_x, _, _ = self._get_per_token_logps_and_entropies(
-                self.model,
-                torch.cat([p_ids, comp_ids], 1),
-                torch.cat([p_mask, comp_mask], 1),
-                logits_to_keep,
-                bs,
-            )
+            prompts += [ids[m.bool()].cpu() for ids, m in zip(p_ids, p_mask, strict=True)]
+            comp_ids, comp_mask = torch.cat([comp_ids, comp_ids]), torch.cat([comp_mask, comp_mask])
+        ids = pad(prompts, padding_value=self._tokenizer.pad_token_id, padding_side="left").to(device)
+        mask = pad([torch.ones_like(x) for x in prompts], padding_value=0, padding_side="left").to(device)
+        logps, _, _ = self._get_per_token_logps_and_entropies(
+            self.model,
+            torch.cat([ids, comp_ids], 1),
+            torch.cat([mask, comp_mask], 1),
+            comp_ids.size(1),
+            len(prompts),
+        )
+        n = len(rows)
+        logp_aug, logp_x = logps[:n], (old[rows] if old is not None else logps[n:])
+        comp_mask = comp_mask[:n]
         keep = crm_keep_mask(logp_x, logp_aug, self.args.crm_low, self.args.crm_high).int() * comp_mask
         crm_mask = torch.ones_like(out["completion_mask"])
         crm_mask[rows] = keep
