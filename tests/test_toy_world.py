@@ -24,11 +24,30 @@ def test_rules_are_digit_wise():
 
 def test_seeds_hide_different_rules_and_roles_are_disjoint():
     worlds = [W.make_world(s) for s in range(4)]
-    assert len({tuple(sorted(w.hard.values())) for w in worlds}) > 1
+    # Each seed hides its own rule behind each hard symbol (and picks its own symbols).
+    assert len({tuple(sorted(w.hard.items())) for w in worlds}) == 4
+    assert len({tuple(w.hard.values()) for w in worlds}) > 1
+    # The guessable rule (mul: zeros win 2% of the time) never hides behind a hard operator.
+    assert all(W.GUESSABLE in w.easy.values() for w in [W.make_world(s) for s in range(12)])
+    # With other sizes, a hard operator can hide another set of rules.
+    assert {tuple(sorted(W.make_world(s, n_easy=2).hard.values())) for s in range(12)} != {
+        tuple(sorted(worlds[0].hard.values()))
+    }
     for w in worlds:
         assert not set(w.easy) & set(w.hard) and not set(w.unknown) & set(w.operators)
+        # Hard operators hide the familiar operators' rules (one each), never an easy operator's.
+        assert not set(w.familiar) & (set(w.easy) | set(w.hard) | set(w.unknown))
+        assert sorted(w.hard.values()) == sorted(w.familiar.values())
         assert not set(w.easy.values()) & set(w.hard.values())
         assert all(W.RULES[r].hideable for r in w.hard.values())
+        assert w.kind_of(next(iter(w.familiar))) == "familiar"
+    # ... in an order the seed decides.
+    worlds = [W.make_world(s) for s in range(12)]
+    assert any(list(w.hard.values()) != list(w.familiar.values()) for w in worlds)
+    w5 = W.make_world(5, n_easy=4, n_hard=3)
+    assert len(w5.hard) == 3 and set(w5.hard.values()) == set(w5.familiar.values()) and len(w5.familiar) == 2
+    with pytest.raises(ValueError, match="n_easy must be < 6"):
+        W.make_world(0, n_easy=6)
     assert W.make_world(3) == W.make_world(3)
 
 
@@ -64,6 +83,11 @@ def test_task_splits_are_stable_disjoint_and_labelled():
     assert len(hard) == 32 and all(s.meta["kind"] == "hard" for s in hard)
     assert {s.sample_id for s in test} <= {s.sample_id for s in hard + task.splits("test_easy")}
     assert {s.meta["kind"] for s in train} == {"easy", "hard"}
+    # Easy problems use every operator whose rule the policy knows, the hard operators' twins too.
+    world = W.make_world(1)
+    easy_ops = {s.meta["operator"] for s in task.splits("test_easy")}
+    assert easy_ops == set(world.known) and set(world.familiar) <= easy_ops
+    assert {s.meta["operator"] for s in hard} == set(world.hard)
     for s in train[:10]:
         assert task.verifier(s.answer, s.answer).correct
         assert task.build_messages(s.problem) == [{"role": "user", "content": s.problem}]

@@ -5,9 +5,10 @@ them (the chat template over x, or over x̃ = `render_augmented(x, instruction)`
 
 - *instructed*: an instruction naming a random rule + a problem with any operator (easy, hard or
   unknown); the answer follows the instruction. This is the only way hard operators are seen.
-- *easy*: an easy operator, no instruction; the answer follows the operator's rule.
+- *easy*: an easy or familiar operator, no instruction; the answer follows the operator's rule.
 - *unknown*: an unknown operator, no instruction; the answer digits are uniformly random.
-- *vague*: a vague instruction (no rule) + an easy or unknown operator; answered as without one.
+- *vague*: a vague instruction (no rule) + an easy, familiar, hard or unknown operator; answered as
+  without one (hard operators like unknown ones: spread-out digits).
 
 A first phase (`copy_steps`) uses short prompts whose instructions copy one of the numbers: the
 quickest way for attention to learn where the two digits of a place are, which long prompts make
@@ -64,7 +65,7 @@ class BuildSettings:
     # Shares of the pre-training mix: instructed, easy, unknown, vague.
     mix: tuple[float, float, float, float] = (0.6, 0.2, 0.12, 0.08)
     copy_steps: int = 300
-    copy_mix: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.0)
+    copy_mix: tuple[float, float, float, float] = (0.7, 0.2, 0.1, 0.0)
     # Probability that one rollout at `calibration_temperature` from the right instruction succeeds
     # on a hard problem; None leaves the policy uncalibrated (then nearly 1.0).
     templated_success: float | None = 0.7
@@ -162,9 +163,10 @@ def pretraining_example(
     """
     mix = settings.copy_mix if copy_phase else settings.mix
     kind = rng.choices(("instructed", "easy", "unknown", "vague"), weights=mix)[0]
-    easy, hard, unknown = list(world.easy), list(world.hard), list(world.unknown)
+    easy = list(world.known)  # operators whose rule is seen uninstructed
+    hard, unknown = list(world.hard), list(world.unknown)
     if kind == "instructed":
-        # Easy operators are weighted up (the instruction must override their own rule); hard and
+        # Known operators are weighted up (the instruction must override their own rule); hard and
         # unknown ones are drawn alike, so that nothing but the uninstructed examples tells them apart
         # and a hard operator without instruction is treated as an unknown one.
         op = rng.choice(easy) if rng.random() < 0.4 else rng.choice(hard + unknown)
@@ -180,10 +182,16 @@ def pretraining_example(
     instruction = W.vague_instruction(rng) if kind == "vague" else None
     if kind == "easy" or (kind == "vague" and rng.random() < 0.5):
         op = rng.choice(easy)
+    elif kind == "vague":
+        # Hard operators are drawn alike with unknown ones here too: an instruction that names no
+        # rule leaves a hard operator as unknown as an unknown one (spread-out digits). Without this
+        # the uninstructed behaviour of a hard operator is left to chance, and a build can answer
+        # it confidently with some familiar rule.
+        op = rng.choice(hard + unknown)
     else:
         op = rng.choice(unknown)
     problem = world.problem(rng, op)
-    if op in world.easy:
+    if op in world.known:
         answer = world.answer(problem)
     else:
         answer = "".join(str(rng.randint(0, 9)) for _ in range(world.digits))
@@ -442,7 +450,12 @@ def _train_and_save(dest: Path, seed: int, settings: BuildSettings, progress: bo
         "threads": used_threads,
         "train_seconds": round(train_seconds, 1),
         "build_seconds": round(time.perf_counter() - t0, 1),
-        "world": {"easy": world.easy, "hard": world.hard, "unknown": list(world.unknown)},
+        "world": {
+            "easy": world.easy,
+            "familiar": world.familiar,
+            "hard": world.hard,
+            "unknown": list(world.unknown),
+        },
         "settings": asdict(settings),
     }
     (dest / REPORT_FILE).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")

@@ -125,12 +125,12 @@ def _world(args: argparse.Namespace) -> int:
     world = W.make_world(args.seed)
     rng = random.Random(0)
     print(f"toy world, seed {args.seed}: {world.digits}-digit operands")
-    for kind, ops in (("easy", world.easy), ("hard", world.hard)):
+    for kind, ops in (("easy", world.easy), ("familiar", world.familiar), ("hard", world.hard)):
         for op, rule in ops.items():
             examples = [world.problem(rng, op) for _ in range(args.problems)]
             shown = ", ".join(f"{p} = {world.answer(p)}" for p in examples)
-            print(f"  {kind:7s} {op}  {rule:8s} ({W.RULES[rule].summary}): {shown}")
-    print(f"  unknown {' '.join(world.unknown)}  (random answers, no instruction)")
+            print(f"  {kind:8s} {op}  {rule:8s} ({W.RULES[rule].summary}): {shown}")
+    print(f"  unknown  {' '.join(world.unknown)}  (random answers, no instruction)")
     print("instructions (one paraphrase per rule):")
     for name, rule in W.RULES.items():
         print(f"  {name:8s} {rule.paraphrases[0]}")

@@ -190,7 +190,7 @@ def measure(
 
     model.eval()
     rng = random.Random(f"p2o-toy-measure-{world.seed}-{seed}")
-    easy, hard = list(world.easy), list(world.hard)
+    easy, hard = list(world.known), list(world.hard)  # easy: the task's easy operators
     d = world.digits
     r: dict[str, Any] = {}
     r["instructed_acc"] = accuracy(model, tokenizer, probe(world, rng, easy + hard, n_problems, "random"), d)

@@ -58,7 +58,9 @@ def make_samples(
     """
     held_out = split.startswith("test")
     rng = random.Random(f"p2o-toy-data-{world.seed}-{split}")
-    ops_of = {"hard": sorted(world.hard), "easy": sorted(world.easy)}
+    # Easy problems use every operator whose rule the policy knows unprompted, the hard operators'
+    # twins included: GRPO on them keeps the rules the templates elicit in use (docs/toy.md).
+    ops_of = {"hard": sorted(world.hard), "easy": sorted(world.easy) + sorted(world.familiar)}
     out: list[Sample] = []
     seen: set[str] = set()
     while len(out) < n:
@@ -122,8 +124,20 @@ def make_toy_task(
         dataset={},
         description=(
             f"Toy world (seed {seed}): digit-wise operator problems 'a OP b' on {digits}-digit numbers; "
-            f"{len(world.easy)} easy operators the policy knows, {len(world.hard)} hard ones only an "
+            f"{len(world.known)} easy operators the policy knows, {len(world.hard)} hard ones only an "
             "instruction naming their rule unlocks."
         ),
         splits=partial(toy_splits, world, n_train=n_train, n_test=n_test, hard_fraction=hard_fraction),
+        default_model=partial(
+            _default_model, seed, digits=digits, n_easy=n_easy, n_hard=n_hard, n_unknown=n_unknown
+        ),
     )
+
+
+def _default_model(seed: int, **world: int) -> str:
+    """The cached toy build of world `seed` (built on first use, ~3 min; then reused in seconds)."""
+    from p2o.toy.build import ensure_toy_model
+
+    defaults = {"digits": W.DIGITS, "n_easy": W.N_EASY, "n_hard": W.N_HARD, "n_unknown": W.N_UNKNOWN}
+    overrides = {k: v for k, v in world.items() if v != defaults[k]}
+    return str(ensure_toy_model(seed=seed, **overrides))

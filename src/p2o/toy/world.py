@@ -8,8 +8,15 @@ instructions, because a blind guess would find them too often. A seed decides wh
 which role and which rules the easy and hard operators hide:
 
 - *easy* operators: their rule is seen without any instruction during pre-training;
+- *familiar* operators: the same, one for each rule a hard operator hides: the twin of a hard
+  operator. The task's easy problems use easy and familiar operators alike (`ToyWorld.known`), so
+  GRPO on easy problems keeps every rule a template must elicit in use while distillation moves the
+  hard symbols onto it;
 - *hard* operators: seen during pre-training only inside an instruction that names a rule, so
-  without one the policy cannot know their rule (P²O's hard samples);
+  without one the policy cannot know their rule (P²O's hard samples). Each hides the rule of a
+  familiar operator: the policy can compute it unprompted, but does not know that this symbol asks
+  for it — the situation P²O is for (a template elicits a skill the model has; distillation teaches
+  it to use the skill unprompted). Why this design: see docs/toy.md;
 - *unknown* operators (many): seen without instruction only with random answer digits. They teach
   the policy that an unfamiliar operator means "spread-out digits" rather than some confident
   guess, so a hard operator gives the right digits a small but non-zero probability: plain GRPO
@@ -22,6 +29,8 @@ language: the scripted teacher sometimes writes them, and the policy learned to 
 
 from __future__ import annotations
 
+import functools
+import itertools
 import random
 import re
 import zlib
@@ -166,6 +175,10 @@ SYMBOLS: tuple[str, ...] = tuple("⊕⊖⊗⊘⊙⊚⊛⊜⊝⊞⊟⊠⊡♠♡�
 
 # The default world (the toy model's build and the `toy` task share these).
 DIGITS, N_EASY, N_HARD, N_UNKNOWN = 3, 3, 3, 48
+# A rule whose digits are too skewed to hide behind a hard operator: (a·b) mod 10 is 0 for 27% of
+# digit pairs, so answering zeros succeeds on ~2% of problems and plain GRPO bootstraps from there
+# (a world whose hard operator hid mul: GRPO reached 0.94 on it, 0.33 on all hard problems).
+GUESSABLE = "mul"
 
 _PROBLEM_RE = re.compile(
     r"(\d(?:[ \t]*\d)*)\s*(" + "|".join(map(re.escape, SYMBOLS)) + r")\s*(\d(?:[ \t]*\d)*)"
@@ -254,7 +267,8 @@ def is_held_out(problem: str) -> bool:
 class ToyWorld:
     """One seeded assignment of operators to roles and rules.
 
-    `easy` and `hard` map operator symbols to rule names; `unknown` operators have no rule.
+    `easy`, `familiar` and `hard` map operator symbols to rule names; `unknown` operators have no
+    rule. The task's easy problems use the `known` operators (easy and familiar).
     """
 
     seed: int
@@ -262,15 +276,23 @@ class ToyWorld:
     easy: dict[str, str]
     hard: dict[str, str]
     unknown: tuple[str, ...]
+    familiar: dict[str, str] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
 
     @property
     def operators(self) -> dict[str, str]:
-        return {**self.easy, **self.hard}
+        return {**self.easy, **self.familiar, **self.hard}
+
+    @property
+    def known(self) -> dict[str, str]:
+        """Operators whose rule the policy sees without instruction: the task's easy problems."""
+        return {**self.easy, **self.familiar}
 
     def kind_of(self, op: str) -> str:
         if op in self.easy:
             return "easy"
+        if op in self.familiar:
+            return "familiar"
         if op in self.hard:
             return "hard"
         if op in self.unknown:
@@ -305,6 +327,31 @@ class ToyWorld:
         return asdict(self)
 
 
+@functools.cache
+def rule_agreement(x: str, y: str) -> float:
+    """Fraction of digit pairs (a, b) on which rules `x` and `y` give the same digit."""
+    return (
+        sum(
+            apply_rule(x, str(a), str(b)) == apply_rule(y, str(a), str(b))
+            for a in range(10)
+            for b in range(10)
+        )
+        / 100
+    )
+
+
+@functools.cache
+def _least_agreeing_splits(rules: tuple[str, ...], n: int) -> list[tuple[str, ...]]:
+    """The `n`-subsets of `rules` whose greatest agreement with a rule outside them is smallest."""
+
+    def cross(subset: tuple[str, ...]) -> float:
+        return max(rule_agreement(x, y) for x in subset for y in rules if y not in subset)
+
+    subsets = list(itertools.combinations(rules, n))
+    best = min(cross(c) for c in subsets)
+    return [c for c in subsets if cross(c) == best]
+
+
 def make_world(
     seed: int = 0,
     digits: int = DIGITS,
@@ -312,22 +359,50 @@ def make_world(
     n_hard: int = N_HARD,
     n_unknown: int = N_UNKNOWN,
 ) -> ToyWorld:
-    """The world of `seed`: which symbols are easy / hard / unknown, and which rules they hide."""
+    """The world of `seed`: which symbols are easy / familiar / hard / unknown, which rules they hide.
+
+    The easy operators get a seeded pick among the sets of `n_easy` hideable rules that agree least
+    with the other rules (`rule_agreement`): with 3 easy rules, {add, sub, absdiff} or {mul, max,
+    min}, whose rules agree with the other side's on at most 19% of digits, where sub and absdiff
+    agree on 60%. A hard rule close to an easy one would let plain GRPO solve hard problems by
+    drifting toward the easy rule. `GUESSABLE` (mul) stays with the easy rules whenever such a set
+    allows it, so the default worlds hide add, sub and absdiff. The remaining rules go to the
+    familiar operators (one per rule, at most `n_hard`), and the hard operators hide the familiar
+    rules in a seeded order (cycling when `n_hard` exceeds them).
+    """
     if digits < 2:
         raise ValueError(f"digits must be >= 2 so that a blind guess rarely succeeds (got {digits})")
     if n_easy < 1 or n_hard < 1 or n_unknown < 1:
         raise ValueError(f"n_easy, n_hard and n_unknown must be >= 1 (got {n_easy}, {n_hard}, {n_unknown})")
     hideable = [name for name, r in RULES.items() if r.hideable]
-    if n_easy + n_hard > len(hideable):
-        raise ValueError(f"n_easy + n_hard must be <= {len(hideable)} rules (got {n_easy} + {n_hard})")
-    if n_easy + n_hard + n_unknown > len(SYMBOLS):
-        raise ValueError(f"n_easy + n_hard + n_unknown must be <= {len(SYMBOLS)} symbols")
+    if n_easy >= len(hideable):
+        raise ValueError(
+            f"n_easy must be < {len(hideable)}: the hard operators need rules the easy ones do not have "
+            f"(got {n_easy})"
+        )
+    n_familiar = min(n_hard, len(hideable) - n_easy)
+    if n_easy + n_familiar + n_hard + n_unknown > len(SYMBOLS):
+        raise ValueError(
+            f"n_easy + n_hard (x2, familiar operators) + n_unknown must be <= {len(SYMBOLS)} symbols"
+        )
     rng = random.Random(f"p2o-toy-world-{seed}")
     symbols = list(SYMBOLS)
     rng.shuffle(symbols)
-    rules = hideable
-    rng.shuffle(rules)
+    splits = _least_agreeing_splits(tuple(hideable), n_easy)
+    easy_rules = list(rng.choice(splits))
+    if GUESSABLE not in easy_rules:
+        easy_rules = list(next((c for c in splits if GUESSABLE in c), easy_rules))
+    rest = [r for r in hideable if r not in easy_rules]
+    rng.shuffle(easy_rules)
+    rng.shuffle(rest)
+    rules = easy_rules + rest
     easy = dict(zip(symbols[:n_easy], rules[:n_easy], strict=True))
-    hard = dict(zip(symbols[n_easy : n_easy + n_hard], rules[n_easy : n_easy + n_hard], strict=True))
-    unknown = tuple(symbols[n_easy + n_hard : n_easy + n_hard + n_unknown])
-    return ToyWorld(seed=seed, digits=digits, easy=easy, hard=hard, unknown=unknown)
+    at = n_easy
+    familiar = dict(zip(symbols[at : at + n_familiar], rules[n_easy : n_easy + n_familiar], strict=True))
+    at += n_familiar
+    known = list(familiar.values())
+    rng.shuffle(known)
+    hard = dict(zip(symbols[at : at + n_hard], [known[i % n_familiar] for i in range(n_hard)], strict=True))
+    at += n_hard
+    unknown = tuple(symbols[at : at + n_unknown])
+    return ToyWorld(seed=seed, digits=digits, easy=easy, hard=hard, unknown=unknown, familiar=familiar)
