@@ -119,3 +119,18 @@ def test_server_process_dies_with_a_killed_parent():
     else:
         os.kill(pid, 9)
         raise AssertionError("the child outlived its killed parent")
+
+
+def test_launched_server_boots_unwaited_and_the_first_checkpoint_waits_for_it(tiny_policy, tmp_path):
+    # What the trainer does at the start of training: the server boots during the first steps.
+    s = PolicyServer(None, log_dir=tmp_path).launch()
+    try:
+        assert s.running and s.model_name == ""
+        s.use_checkpoint(tiny_policy)  # waits until healthy, then loads
+        assert s.model_name == str(tiny_policy.resolve())
+        assert greedy(s)
+        with pytest.raises(PolicyServerError, match="transformers backend"):
+            PolicyServer("m", log_dir=tmp_path, backend="vllm").launch()
+    finally:
+        s.stop()
+    assert not s.running

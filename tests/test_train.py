@@ -355,3 +355,24 @@ def test_heldout_curve_matches_p2o_eval_on_the_saved_model(tiny_model, tmp_path)
     bench = Benchmark(name="test", task=task, split="test", n=1, temperature=0.0, max_tokens=4)
     report = evaluate(str(tmp_path / "final"), [bench], progress=False)
     assert report.accuracy(benchmark="test") == points[-1]["test"]
+
+
+def test_split_generation_keeps_each_completion_with_its_prompt():
+    # Templated and plain rows are generated in two batches; results go back to their own rows.
+    from p2o.train.trainer import P2OTrainer
+
+    class Fake:
+        def __init__(self):
+            self.calls = []
+
+        def _generate_single_turn(self, prompt_ids, images, mm, n):
+            self.calls.append(len(prompt_ids))
+            return [[p[0], 7] for p in prompt_ids], [[-float(p[0])] for p in prompt_ids]
+
+    fake = Fake()
+    prompts = [[10, 1], [11], [12, 1, 1], [13], [14, 1]]
+    templated = [True, False, True, False, True]
+    comps, lps = P2OTrainer._generate_split(fake, prompts, templated)
+    assert comps == [[10, 7], [11, 7], [12, 7], [13, 7], [14, 7]]
+    assert lps == [[-10.0], [-11.0], [-12.0], [-13.0], [-14.0]]
+    assert fake.calls == [3, 2]

@@ -156,6 +156,7 @@ class PolicyServer:
         self._initial_model = model
         self.model_name: str = ""
         self._proc: subprocess.Popen[bytes] | None = None
+        self._healthy = False
         self._log_file: Any = None
 
     # ---------------------------------------------------------------- addresses
@@ -242,7 +243,17 @@ class PolicyServer:
         m = str(self._initial_model)
         return str(Path(m).resolve()) if Path(m).exists() else m
 
-    def _launch(self, model: str | None) -> None:
+    def launch(self) -> PolicyServer:
+        """Start the server process without waiting for it and without a model (transformers
+        backend): it boots while the caller does other work (the trainer: the first steps), and the
+        first `use_checkpoint` waits until it is healthy."""
+        if self.backend != "transformers":
+            raise PolicyServerError("launch() without a model is for the transformers backend; use start()")
+        if self._proc is None:
+            self._launch(None, wait=False)
+        return self
+
+    def _launch(self, model: str | None, wait: bool = True) -> None:
         if not self.port:
             self.port = free_port(self.host)
         self._log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -272,7 +283,9 @@ class PolicyServer:
                 f"cannot launch the {self.backend} policy server ({e}). For vllm: pip install 'p2o[vllm]'."
             ) from e
         _LIVE.add(self)
-        self._wait_healthy()
+        self._healthy = False
+        if wait:
+            self._wait_healthy()
 
     def _wait_healthy(self) -> None:
         deadline = time.monotonic() + self.timeout
@@ -286,6 +299,7 @@ class PolicyServer:
                 )
             try:
                 if httpx.get(f"{self.url}/health", timeout=2.0).status_code == 200:
+                    self._healthy = True
                     return
             except httpx.HTTPError:
                 pass
@@ -309,6 +323,8 @@ class PolicyServer:
             self._restart(new)
             return
         ckpt = _checkpoint_dir(path)
+        if not self._healthy:  # launched without waiting
+            self._wait_healthy()
         try:
             httpx.post(f"{self.url}/reset", timeout=60.0).raise_for_status()
             events = self._load_model(ckpt)

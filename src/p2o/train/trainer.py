@@ -194,7 +194,10 @@ class P2OTrainer(GRPOTrainer):
         # Every rank must pass the same `num_generations` (vLLM server mode gathers prompts and
         # de-duplicates by stride): once any assignment exists, each rollout is its own request.
         n = 1 if self.assignments else num_generations
-        completion_ids, logprobs = self._generate_single_turn(gen_prompt_ids, images, mm_fields, n)
+        if any(templated) and not all(templated) and not self.use_vllm and images is None and not mm_fields:
+            completion_ids, logprobs = self._generate_split(gen_prompt_ids, templated)
+        else:
+            completion_ids, logprobs = self._generate_single_turn(gen_prompt_ids, images, mm_fields, n)
 
         if any(templated) and self.args.distill:
             orig_prompt_ids = [list(x) for x in self._tokenize_prompts(prompts)[0]]
@@ -212,6 +215,22 @@ class P2OTrainer(GRPOTrainer):
             "gen_prompts": gen_prompts,
         }
         return {"prompt_ids": loss_prompt_ids, "completion_ids": completion_ids, "logprobs": logprobs}
+
+    def _generate_split(self, prompt_ids: list[list[int]], templated: list[bool]) -> tuple[list, Any]:
+        """In-process generation in two batches, templated and plain: one batch would pad every
+        plain prompt to the templated prompts' length (on the toy world, most of the prefill)."""
+        completions: list[Any] = [None] * len(prompt_ids)
+        logprobs: list[Any] | None = [None] * len(prompt_ids)
+        for flag in (True, False):
+            rows = [i for i, t in enumerate(templated) if t is flag]
+            ids, lps = self._generate_single_turn([prompt_ids[i] for i in rows], None, {}, 1)
+            for j, i in enumerate(rows):
+                completions[i] = ids[j]
+                if logprobs is not None and lps is not None:
+                    logprobs[i] = lps[j]
+            if lps is None:
+                logprobs = None
+        return completions, logprobs
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
@@ -395,6 +414,19 @@ class P2OTrainer(GRPOTrainer):
             initial_model=self.initial_model,
         )
 
+    def _boot_policy_server(self) -> None:
+        """Launch the CPU policy server now, without waiting, so that it boots during the first steps
+        instead of inside the first phase (which then only loads that round's checkpoint)."""
+        if not (self.phases_left() and self.phase_runner == self.evolve_phase) or self._policy_server:
+            return
+        if self.use_vllm or not self.accelerator.is_main_process:
+            return
+        from p2o.policy import PolicyServer, open_policy
+
+        server = open_policy(self.args, self.initial_model, log_dir=Path(self.args.output_dir))
+        if isinstance(server, PolicyServer) and server.backend == "transformers":
+            self._policy_server = server.launch()
+
     def run_p2o_phase(self) -> dict[str, Any]:
         """One prompt-evolution phase, on every rank (the GEPA work runs on the main process)."""
         index = len(self.rounds) + 1
@@ -546,6 +578,7 @@ class P2OTrainer(GRPOTrainer):
                 if state_file.exists():
                     self.load_p2o_state(json.loads(state_file.read_text()))
                 resume_from_checkpoint = ckpt
+        self._boot_policy_server()
         try:
             return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
         finally:
