@@ -18,9 +18,9 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 install: $(STAMP)
 
-# The quick demo: builds (or reuses) the toy policy, trains grpo and p2o_teacher, writes runs/demo/.
+# The demo: builds (or reuses) the toy policy, trains the five methods, writes runs/demo/ (~10 min on 2 cores).
 demo: $(STAMP)
-	$(BIN)/p2o demo --quick --output-dir runs/demo
+	$(BIN)/p2o demo --output-dir runs/demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
