@@ -12,3 +12,19 @@ def test_toy_task_default_model_is_the_cached_build_of_its_world(monkeypatch):
     assert get_task("toy", seed=3).default_model() == "/cache/toy"
     assert get_task("toy", seed=1, n_unknown=10).default_model() == "/cache/toy"
     assert calls == [{"seed": 3}, {"seed": 1, "n_unknown": 10}]
+
+
+def test_a_default_build_that_did_not_learn_its_world_is_refused(tmp_path):
+    from pathlib import Path
+
+    import pytest
+
+    default, tiny = B.settings_from("default"), B.settings_from("tiny")
+    good = {"instructed_acc": 0.99, "easy_acc": 1.0}
+    bad = {"instructed_acc": 0.545, "easy_acc": 0.95}
+    assert B.unlearned(good, default) == []
+    assert B.unlearned(bad, default) == ["instructed_acc 0.545 < 0.9"]
+    assert B.unlearned(bad, tiny) == []  # reduced builds are not expected to learn
+    B.check_learned(B.BuildResult(Path("x"), good, False), 0, default)
+    with pytest.raises(B.ToyBuildError, match=r"seed 3 .*instructed_acc 0.545 < 0.9.*--steps 2000"):
+        B.check_learned(B.BuildResult(Path("x"), bad, True), 3, default)

@@ -203,8 +203,15 @@ def main(argv: list[str] | None = None) -> int:
         if bad:
             p.error(f"--methods: unknown {', '.join(bad)}; choose from {', '.join(METHODS)}")
     overrides = {"max_steps": args.max_steps} if args.max_steps else {}
-    run_demo(methods, args.seed, Path(args.output_dir), Path(args.config), overrides, args.model)
-    return 0
+    from p2o.cliutil import report_errors
+
+    return report_errors(
+        "p2o demo",
+        lambda: (
+            run_demo(methods, args.seed, Path(args.output_dir), Path(args.config), overrides, args.model)
+            and 0
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -550,6 +550,42 @@ def _locked(path: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+# A default-size build whose policy did not learn its world is no toy world: methods compared on it
+# would be compared on noise. Pre-training converges more slowly for some seeds than for others.
+LEARNED_MIN = 0.9
+
+
+class ToyBuildError(ValueError):
+    """A toy build whose policy did not learn its world (the message says which figure and what to do)."""
+
+
+def unlearned(report: dict[str, Any], settings: BuildSettings) -> list[str]:
+    """The figures by which a build of the default model size fell short of learning its world.
+
+    Reduced builds (the `tiny` preset, fewer steps or another size) are not expected to learn.
+    """
+    default = PRESETS["default"]
+    if settings.size != default.size or settings.steps < default.steps:
+        return []
+    return [
+        f"{k} {report[k]:.3f} < {LEARNED_MIN}"
+        for k in ("instructed_acc", "easy_acc")
+        if isinstance(report.get(k), float | int) and report[k] < LEARNED_MIN
+    ]
+
+
+def check_learned(result: BuildResult, seed: int, settings: BuildSettings) -> None:
+    """Raise `ToyBuildError` when `unlearned` finds a shortfall."""
+    short = unlearned(result.report, settings)
+    if short:
+        raise ToyBuildError(
+            f"the toy policy of seed {seed} in {result.path} did not learn its world ({', '.join(short)}; "
+            f"see its report.json and pretrain_loss.png): pre-training converges more slowly for some "
+            f"seeds. Build it with more steps (p2o toy build --seed {seed} --steps 2000 --output DIR) and "
+            "pass DIR as the model, or use another seed."
+        )
+
+
 def ensure_toy_model(
     seed: int = 0,
     output: str | Path | None = None,
@@ -560,7 +596,10 @@ def ensure_toy_model(
     """The directory of a built toy policy for `seed` (built on first use, then cached).
 
     `AutoModelForCausalLM.from_pretrained(path)` and `AutoTokenizer.from_pretrained(path)` load it.
+    Raises `ToyBuildError` when a default-size build did not learn its world (`unlearned`).
     """
     settings = settings_from(preset, **overrides)
     path = Path(output) if output is not None else default_cache_dir(seed, settings)
-    return build_toy_model(path, seed=seed, settings=settings, progress=progress).path
+    result = build_toy_model(path, seed=seed, settings=settings, progress=progress)
+    check_learned(result, seed, settings)
+    return result.path

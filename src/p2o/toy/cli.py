@@ -91,7 +91,7 @@ def _print_report(report: dict, path: Path) -> None:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from p2o.toy.build import build_toy_model, settings_from
+    from p2o.toy.build import ToyBuildError, build_toy_model, check_learned, settings_from
 
     overrides = {}
     if args.steps is not None:
@@ -116,6 +116,11 @@ def _build(args: argparse.Namespace) -> int:
     state = "reused" if result.reused else "built"
     print(f"{state} toy policy (seed {args.seed}) in {result.path}")
     _print_report(result.report, result.path)
+    try:
+        check_learned(result, args.seed, settings)
+    except ToyBuildError as e:
+        print(f"p2o toy build: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
