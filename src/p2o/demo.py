@@ -205,13 +205,11 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {"max_steps": args.max_steps} if args.max_steps else {}
     from p2o.cliutil import report_errors
 
-    return report_errors(
-        "p2o demo",
-        lambda: (
-            run_demo(methods, args.seed, Path(args.output_dir), Path(args.config), overrides, args.model)
-            and 0
-        ),
-    )
+    def demo() -> int:
+        run_demo(methods, args.seed, Path(args.output_dir), Path(args.config), overrides, args.model)
+        return 0
+
+    return report_errors("p2o demo", demo)
 
 
 if __name__ == "__main__":

@@ -488,7 +488,7 @@ def _finalize(
         exclude=empty,
         cover=cover,
         solved_on=train_scores,
-        skip_unsolved=bool(getattr(config, "assign_score_all", False)),
+        skip_unsolved=config.assign_score_all,
     )
     solved = solved_sets(matrix)
     means = mean_scores(matrix)
