@@ -34,3 +34,12 @@ def test_quick_demo_writes_results_table_and_curves(tmp_path):
     assert saved["methods"]["p2o_teacher"]["rounds"][0]["status"] in ("done", "skipped")
     assert "| p2o_teacher |" in (tmp_path / "demo/results.md").read_text()
     assert (tmp_path / "demo/curves.png").stat().st_size > 1000
+
+
+def test_demo_names_a_model_folder_that_holds_no_policy(tmp_path, capsys):
+    from p2o.demo import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--quick", "--model", str(tmp_path / "nothing"), "--output-dir", str(tmp_path / "out")])
+    assert e.value.code == 2
+    assert "--model" in capsys.readouterr().err and not (tmp_path / "out").exists()

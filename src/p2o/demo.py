@@ -202,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         bad = [m for m in methods if m not in METHODS]
         if bad:
             p.error(f"--methods: unknown {', '.join(bad)}; choose from {', '.join(METHODS)}")
+    if args.model and not (Path(args.model) / "config.json").is_file():
+        p.error(f"--model {args.model}: no built toy policy there (make one with p2o toy build --output DIR)")
     overrides = {"max_steps": args.max_steps} if args.max_steps else {}
     from p2o.cliutil import report_errors
 
