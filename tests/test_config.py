@@ -65,6 +65,7 @@ def test_cpu_safe_settings():
         ("reflection", "gpt-4", "reflection: must be one of"),
         ("reflection", "teacher:", "reflection"),
         ("untemplated_rollouts", "6", "untemplated_rollouts"),
+        ("retire_templates", "true", "retire_templates: must be false unless untemplated_rollouts >= 1"),
         ("policy_server", "ftp://x", "policy_server"),
         ("gepa_candidate_selection", "best", "gepa_candidate_selection"),
         ("num_generations", "1", "num_generations"),

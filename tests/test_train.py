@@ -125,6 +125,25 @@ def test_untemplated_rollouts_and_same_template(tiny_model, tmp_path):
     assert [tr.template_for("s0", k, 3) for k in range(3)] == ["a", "a", "a"]
 
 
+def test_retire_templates_drops_samples_solved_without_template(tiny_model, tmp_path):
+    tr = make_trainer(tiny_model, tmp_path, untemplated_rollouts=1, retire_templates=True)
+    tr.templates = {"a": "HINT"}
+    tr.assignments = {"s0": ["a"] * 3, "s1": ["a"] * 3, "s2": ["a"] * 3}
+    rows = [
+        *[("s0", 1.0, True), ("s0", 0.0, True), ("s0", 1.0, False)],  # plain rollout solved: retired
+        *[("s1", 1.0, True), ("s1", 1.0, True), ("s1", 0.0, False)],  # plain rollout failed: kept
+        *[("s2", 0.0, True), ("s2", 0.0, True), ("s2", 0.0, False)],
+        *[("s3", 1.0, False), ("s3", 1.0, False), ("s3", 1.0, False)],  # never templated
+    ]
+    tr._retire_solved(rows, 3)
+    assert sorted(tr.assignments) == ["s1", "s2"] and list(tr.retired) == ["s0"]
+    assert tr.template_for("s0", 0, 3) is None
+    state = tr.p2o_state()
+    tr.retired, tr.assignments = {}, {}
+    tr.load_p2o_state(state)
+    assert list(tr.retired) == ["s0"] and "s0" not in tr.assignments
+
+
 def test_crm_mask_hand_built():
     # ratios π(y|x)/π(y|x̃): 0.001, 0.01, 0.5, 1, 10, 11, 200
     ratios = torch.tensor([[0.001, 0.01, 0.5, 1.0, 10.0, 11.0, 200.0]], dtype=torch.float64)

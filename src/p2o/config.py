@@ -25,7 +25,7 @@ feedback_include_gold, proposal_max_chars, assign_score_all
 reflection, reflection_temperature, reflection_max_tokens, meta_prompt
 
 > Context distillation
-distill, crm, crm_low, crm_high, same_template_in_group, untemplated_rollouts
+distill, crm, crm_low, crm_high, same_template_in_group, untemplated_rollouts, retire_templates
 
 > Policy server
 policy_server, policy_server_port, policy_server_timeout
@@ -192,6 +192,14 @@ class P2OConfig(GRPOConfig):
     untemplated_rollouts: int = field(
         default=0, metadata={"help": "Rollouts of each templated group generated without a template."}
     )
+    retire_templates: bool = field(
+        default=False,
+        metadata={
+            "help": "Drop a sample's templates once every untemplated rollout of one of its groups "
+            "succeeded: the policy solves it unprompted, so it trains as a plain GRPO sample again "
+            "(and a later phase can assign it anew if it turns hard). Needs untemplated_rollouts >= 1."
+        },
+    )
 
     # ---- held-out evaluation during training ----
     heldout_eval: str | None = field(
@@ -308,6 +316,13 @@ class P2OConfig(GRPOConfig):
             "untemplated_rollouts",
             f"in [0, num_generations={k})",
             self.untemplated_rollouts,
+        )
+        _check(
+            not self.retire_templates or self.untemplated_rollouts >= 1,
+            "retire_templates",
+            "false unless untemplated_rollouts >= 1 (only untemplated rollouts show that the policy "
+            "solves a sample without its template)",
+            self.retire_templates,
         )
         _check(self.heldout_every_steps >= 0, "heldout_every_steps", ">= 0", self.heldout_every_steps)
         server = self.policy_server

@@ -1,8 +1,8 @@
 """The toy world: digit-wise operator problems, the rules behind the operators, and their language.
 
-A problem is `a OP b` on two numbers of `digits` digits ("347 ⊕ 219"); the answer has the same
+A problem is `a OP b` on two numbers of `digits` digits ("3472 ⊕ 2195"); the answer has the same
 number of digits, each computed from the two digits in the same place by the rule the operator
-stands for (⊕ = add mod 10 → "556"). Six rules can hide behind an operator (add, sub, mul mod 10,
+stands for (⊕ = add mod 10 → "5567"). Six rules can hide behind an operator (add, sub, mul mod 10,
 max, min, absolute difference); two more (copy the first / second number) exist only as
 instructions, because a blind guess would find them too often. A seed decides which symbol plays
 which role and which rules the easy and hard operators hide:
@@ -173,8 +173,10 @@ VAGUE: tuple[str, ...] = (
 # the unknown operators, and hard operators (never seen without an instruction) fall into it.
 SYMBOLS: tuple[str, ...] = tuple("⊕⊖⊗⊘⊙⊚⊛⊜⊝⊞⊟⊠⊡♠♡♢♣♤♥♦♧■□▢▣▤▥▦▧▨▩▲△▶▷▼▽◀◁◆◇◈◉◊○◌◍◎●◐◑◒◓◔◕◖◗◢◣◤◥")
 
-# The default world (the toy model's build and the `toy` task share these).
-DIGITS, N_EASY, N_HARD, N_UNKNOWN = 3, 3, 3, 48
+# The default world (the toy model's build and the `toy` task share these). Four digits: a blind
+# guess succeeds once in 10^4 rollouts. With three (one in 10^3), GRPO with 2K = 12 rollouts found
+# enough lucky successes on one of two worlds to bootstrap a hard operator (held-out hard 0.50).
+DIGITS, N_EASY, N_HARD, N_UNKNOWN = 4, 3, 3, 48
 # A rule whose digits are too skewed to hide behind a hard operator: (a·b) mod 10 is 0 for 27% of
 # digit pairs, so answering zeros succeeds on ~2% of problems and plain GRPO bootstraps from there
 # (a world whose hard operator hid mul: GRPO reached 0.94 on it, 0.33 on all hard problems).

@@ -118,6 +118,7 @@ class P2OTrainer(GRPOTrainer):
         self.tracker = HardSampleTracker(args.hard_max_successes)
         self.templates: dict[str, str] = {}
         self.assignments: dict[str, list[str]] = {}
+        self.retired: dict[str, int] = {}  # sample id -> step its templates were dropped (retire_templates)
         self.rounds: list[dict[str, Any]] = []
         self.phase_runner = phase_runner or self.evolve_phase
         self.initial_model = str(model) if isinstance(model, str | Path) else str(model.config._name_or_path)
@@ -296,6 +297,8 @@ class P2OTrainer(GRPOTrainer):
         rewards = self._last_rewards[:, 0].nan_to_num(0.0).tolist() if self._last_rewards is not None else []
         rows = list(zip(all_ids, rewards, all_templated, strict=False))
         counts = self.tracker.update_groups(rows, k, self.state.global_step)
+        if self.args.retire_templates:
+            self._retire_solved(rows, k)
 
         n = max(len(rows), 1)
         t_rewards = [r for _, r, t in rows if t]
@@ -316,11 +319,27 @@ class P2OTrainer(GRPOTrainer):
         metrics["p2o/rescued_groups"].append(float(counts["rescued"]))
         metrics["p2o/hard_count"].append(float(len(self.tracker.hard_ids())))
         metrics["p2o/assigned_samples"].append(float(len(self.assignments)))
+        if self.args.retire_templates:
+            metrics["p2o/retired_samples"].append(float(len(self.retired)))
         if crm_stats is not None:
             local = torch.tensor(crm_stats, dtype=torch.float64, device=self.accelerator.device)
             masked, total = gather(local.unsqueeze(0)).sum(0).tolist()
             metrics["p2o/crm_masked_frac"].append(masked / max(total, 1.0))
         self._log_samples(inputs, templated)
+
+    def _retire_solved(self, rows: list[tuple[str, float, bool]], k: int) -> None:
+        """`retire_templates`: drop the templates of a sample whose untemplated rollouts all succeeded.
+
+        Fed the gathered rows, so every rank drops the same samples. A retired sample trains as a
+        plain one from its next group on; a later phase may assign it again if it turns hard.
+        """
+        for start in range(0, len(rows) - k + 1, k):
+            group = rows[start : start + k]
+            sid = group[0][0]
+            plain = [r for _, r, t in group if not t]
+            if sid in self.assignments and len(plain) < k and plain and all(r >= 1.0 for r in plain):
+                del self.assignments[sid]
+                self.retired[sid] = self.state.global_step
 
     def _log_samples(self, inputs: list[dict[str, Any]], templated: list[bool]) -> None:
         """A few readable rows per generation: prompt, template, completion, verdict."""
@@ -492,6 +511,9 @@ class P2OTrainer(GRPOTrainer):
                 self.assignments.update(
                     {sid: [prefix + t for t in tids] for sid, tids in assignments.items()}
                 )
+                for sid in assignments:  # hard again after retiring: templated again
+                    self.retired.pop(sid, None)
+                record["retired_samples"] = len(self.retired)
                 record["status"] = "done"
                 record["n_templates"] = len(templates)
                 record["n_assigned"] = len(assignments)
@@ -524,6 +546,7 @@ class P2OTrainer(GRPOTrainer):
             "rounds": self.rounds,
             "templates": self.templates,
             "assignments": self.assignments,
+            "retired": self.retired,
             "tracker": self.tracker.to_json(),
             "global_step": self.state.global_step,
         }
@@ -532,6 +555,7 @@ class P2OTrainer(GRPOTrainer):
         self.rounds = list(data.get("rounds", []))
         self.templates = dict(data.get("templates", {}))
         self.assignments = {k: list(v) for k, v in data.get("assignments", {}).items()}
+        self.retired = {k: int(v) for k, v in data.get("retired", {}).items()}
         self.tracker = HardSampleTracker.from_json(data.get("tracker", {}))
         self.tracker.hard_max_successes = self.args.hard_max_successes
 
@@ -549,6 +573,7 @@ class P2OTrainer(GRPOTrainer):
                 "checkpoints": checkpoints,
                 "latest_checkpoint": checkpoint or prev.get("latest_checkpoint"),
                 "assigned_samples": len(self.assignments),
+                "retired_samples": len(self.retired),
                 "templates": len(self.templates),
             },
         )
