@@ -17,7 +17,8 @@ How one P²O round reads, top to bottom:
    into a ratio of exactly 1: no vLLM correction ever multiplies a templated rollout by
    π(y|x)/π(y|x̃).
 5. **Hard-sample mining.** Rewards are gathered across ranks; each group updates the
-   `HardSampleTracker` on every rank.
+   `HardSampleTracker` on every rank. With `retire_templates`, a sample whose untemplated rollouts
+   all succeeded loses its assignment (on every rank alike) and trains as a plain sample again.
 6. **Phase** (end of each epoch, or every `phase_every_steps`): sync the policy to the server, run
    the GEPA phase on the main process when at least `min_hard_samples` are hard, broadcast the
    assignments. They take effect from the next generation. A checkpoint is saved right after, and
@@ -27,7 +28,8 @@ With nothing templated a step is exactly TRL's GRPO step.
 
 Where p2o departs from the paper: `untemplated_rollouts` (from the authors' configuration) can leave
 some rollouts of a templated group untemplated, so a group whose templated rollouts all succeed
-still carries advantage; the CRM is computed once, at generation time, with the generating policy.
+still carries advantage; the CRM is computed once, at generation time, with the generating policy;
+`retire_templates` (off by default) ends a sample's templating once the policy solves it unprompted.
 """
 
 from __future__ import annotations
