@@ -59,3 +59,40 @@ def test_p2o_evolve_on_the_toy_world(tiny_toy_model, tmp_path):
     assert templates[0]["text"] == "" and all(set(t["dev_scores"]) for t in templates)
     assignments = json.loads((out / "assignments.json").read_text())
     assert all(len(v) == 2 for v in assignments.values())
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def test_assign_score_all_on_the_real_toy_policy(tmp_path):
+    """A phase on the default toy policy (built once, then cached) with `assign_score_all`: the cover
+    templates are scored on the train-half hard samples too, and a train-half sample gets only
+    templates that solved it."""
+    from p2o.evolve.cli import main
+    from p2o.toy import ensure_toy_model
+
+    base = yaml.safe_load((ROOT / "configs" / "toy_evolve.yaml").read_text())
+    base.update(
+        model_name_or_path=str(ensure_toy_model(seed=0, progress=False)),
+        max_samples=48,
+        gepa_max_metric_calls=200,
+        assign_score_all=True,
+    )
+    cfg = tmp_path / "toy_evolve.yaml"
+    cfg.write_text(yaml.safe_dump(base))
+    out = tmp_path / "out"
+    assert main(["--config", str(cfg), "--output-dir", str(out)]) == 0
+    stats = json.loads((out / "phase.json").read_text())
+    assert stats["cover"] and stats["train_size"] > 0
+    assert stats["assign_metric_calls"] == len(stats["cover"]) * stats["train_size"]
+    templates = {t["id"]: t for t in json.loads((out / "templates.json").read_text())["templates"]}
+    train_scores = {tid: t["train_scores"] for tid, t in templates.items() if "train_scores" in t}
+    assert set(train_scores) == set(stats["cover"])
+    train_ids = set().union(*(set(s) for s in train_scores.values()))
+    assignments = json.loads((out / "assignments.json").read_text())
+    for sid in set(assignments) & train_ids:
+        assert any(train_scores[tid][sid] >= 1.0 for tid in set(assignments[sid])), sid
+    solved = {sid for s in train_scores.values() for sid, v in s.items() if v >= 1.0}
+    assert len(solved) * 2 >= stats["train_size"]  # the teacher finds the rules: most are solved
+    assert set(assignments) & train_ids == solved
+    print({k: stats[k] for k in ("cover", "train_size", "assign_metric_calls", "train_solved_frac")})
+    assert stats["train_solved_frac"] == pytest.approx(len(solved) / stats["train_size"])
