@@ -94,5 +94,4 @@ def test_assign_score_all_on_the_real_toy_policy(tmp_path):
     solved = {sid for s in train_scores.values() for sid, v in s.items() if v >= 1.0}
     assert len(solved) * 2 >= stats["train_size"]  # the teacher finds the rules: most are solved
     assert set(assignments) & train_ids == solved
-    print({k: stats[k] for k in ("cover", "train_size", "assign_metric_calls", "train_solved_frac")})
     assert stats["train_solved_frac"] == pytest.approx(len(solved) / stats["train_size"])

@@ -129,13 +129,13 @@ def test_retire_templates_drops_samples_solved_without_template(tiny_model, tmp_
     tr = make_trainer(tiny_model, tmp_path, untemplated_rollouts=1, retire_templates=True)
     tr.templates = {"a": "HINT"}
     tr.assignments = {"s0": ["a"] * 3, "s1": ["a"] * 3, "s2": ["a"] * 3}
-    rows = [
-        *[("s0", 1.0, True), ("s0", 0.0, True), ("s0", 1.0, False)],  # plain rollout solved: retired
-        *[("s1", 1.0, True), ("s1", 1.0, True), ("s1", 0.0, False)],  # plain rollout failed: kept
-        *[("s2", 0.0, True), ("s2", 0.0, True), ("s2", 0.0, False)],
-        *[("s3", 1.0, False), ("s3", 1.0, False), ("s3", 1.0, False)],  # never templated
+    groups = [
+        [("s0", 1.0, True), ("s0", 0.0, True), ("s0", 1.0, False)],  # plain rollout solved: retired
+        [("s1", 1.0, True), ("s1", 1.0, True), ("s1", 0.0, False)],  # plain rollout failed: kept
+        [("s2", 0.0, True), ("s2", 0.0, True), ("s2", 0.0, False)],
+        [("s3", 1.0, False), ("s3", 1.0, False), ("s3", 1.0, False)],  # never templated
     ]
-    tr._retire_solved(rows, 3)
+    tr._retire_solved(groups)
     assert sorted(tr.assignments) == ["s1", "s2"] and list(tr.retired) == ["s0"]
     assert tr.template_for("s0", 0, 3) is None
     state = tr.p2o_state()

@@ -299,8 +299,9 @@ class P2OTrainer(GRPOTrainer):
         rewards = self._last_rewards[:, 0].nan_to_num(0.0).tolist() if self._last_rewards is not None else []
         rows = list(zip(all_ids, rewards, all_templated, strict=False))
         counts = self.tracker.update_groups(rows, k, self.state.global_step)
+        groups = [rows[s : s + k] for s in range(0, len(rows) - k + 1, k)]
         if self.args.retire_templates:
-            self._retire_solved(rows, k)
+            self._retire_solved(groups)
 
         n = max(len(rows), 1)
         t_rewards = [r for _, r, t in rows if t]
@@ -310,7 +311,6 @@ class P2OTrainer(GRPOTrainer):
             metrics["p2o/reward_templated"].append(sum(t_rewards) / len(t_rewards))
         if p_rewards:
             metrics["p2o/reward_plain"].append(sum(p_rewards) / len(p_rewards))
-        groups = [rows[s : s + k] for s in range(0, len(rows) - k + 1, k)]
         zero_t = [len({r for _, r, _ in g}) == 1 for g in groups if any(t for _, _, t in g)]
         zero_p = [len({r for _, r, _ in g}) == 1 for g in groups if not any(t for _, _, t in g)]
         if zero_t:
@@ -329,17 +329,17 @@ class P2OTrainer(GRPOTrainer):
             metrics["p2o/crm_masked_frac"].append(masked / max(total, 1.0))
         self._log_samples(inputs, templated)
 
-    def _retire_solved(self, rows: list[tuple[str, float, bool]], k: int) -> None:
+    def _retire_solved(self, groups: list[list[tuple[str, float, bool]]]) -> None:
         """`retire_templates`: drop the templates of a sample whose untemplated rollouts all succeeded.
 
-        Fed the gathered rows, so every rank drops the same samples. A retired sample trains as a
-        plain one from its next group on; a later phase may assign it again if it turns hard.
+        Fed the gathered groups (rows `(sample_id, reward, templated)`), so every rank drops the same
+        samples. A retired sample trains as a plain one from its next group on; a later phase may
+        assign it again if it turns hard.
         """
-        for start in range(0, len(rows) - k + 1, k):
-            group = rows[start : start + k]
+        for group in groups:
             sid = group[0][0]
             plain = [r for _, r, t in group if not t]
-            if sid in self.assignments and len(plain) < k and plain and all(r >= 1.0 for r in plain):
+            if sid in self.assignments and 0 < len(plain) < len(group) and all(r >= 1.0 for r in plain):
                 del self.assignments[sid]
                 self.retired[sid] = self.state.global_step
 
