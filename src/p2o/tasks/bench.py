@@ -1,15 +1,23 @@
 """Benchmark of the math verifier: verdicts per second from one thread and from many, and accuracy.
 
     python -m p2o.tasks.bench [--n 300] [--threads 16] [--timeout 5] [--workers N] [--out bench.json]
+    python -m p2o.tasks.bench --mixed-only [--normal 240] [--slow 4] [--slow-repeats 4]
 
 Runs `--n` verdicts over a built-in set of labelled (completion, reference) pairs — fractions,
 radicals, intervals, sets, units, equations, wrong answers, missing boxes — first from one thread,
 then from `--threads` threads at once, with the verdict cache off so every verdict takes the real
 path; for comparison, the same verdicts by math-verify called directly in the main thread (what
-the worker pool costs; math-verify cannot run with its timeouts from other threads at all). Accuracy is the share of verdicts that match the labels, so the benchmark doubles as a
+the worker pool costs; math-verify cannot run with its timeouts from other threads at all).
+Accuracy is the share of verdicts that match the labels, so the benchmark doubles as a
 correctness check: it exits with status 1 when any verdict disagrees. Then it times three hostile
 inputs (a 1 MB answer, 10 000 nested braces, a sympy power tower), each of which must come back
 scored 0 within the timeout.
+
+Last, the verifier under load (`--mixed-only` runs just this part): `--threads` threads call one
+verifier (verdict cache on, as in training) with normal answers mixed with sympy power towers that
+run into the timeout, each tower repeated as GRPO repeats an answer across a group. It prints the
+latency of each call, p50/p95/max, for the normal answers and for the towers, and flags a normal
+answer held back longer than the timeout plus a worker start-up.
 """
 
 from __future__ import annotations
@@ -262,6 +270,84 @@ def _hostile(verifier: MathVerifier) -> list[dict]:
     return rows
 
 
+def slow_answers(n: int) -> list[str]:
+    """`n` distinct power towers of four levels: short and shallow enough to reach a worker, each
+    running into any timeout of a few seconds (sympy evaluates them exactly)."""
+    bases = [(a, b) for a in range(5, 10) for b in range(5, 10)]
+    return [f"{a}^{{{b}^{{{a}^{{{b}}}}}}}" for a, b in bases[:n]]
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+def _latency(values: list[float]) -> dict:
+    if not values:
+        return {"calls": 0}
+    return {
+        "calls": len(values),
+        "p50": _percentile(values, 0.5),
+        "p95": _percentile(values, 0.95),
+        "max": max(values),
+    }
+
+
+def mixed_load(
+    verifier: MathVerifier, threads: int, normal: int, slow: int, slow_repeats: int, seed: int = 3
+) -> dict:
+    """Latency of each call when `threads` threads verify `normal` ordinary answers mixed with `slow`
+    distinct timeouts, each asked `slow_repeats` times, in a seeded random order."""
+    jobs = [(completion, reference, ok, "normal") for completion, reference, ok in bench_pairs(normal, seed)]
+    for answer in slow_answers(slow):
+        jobs += [(f"So the answer is $\\boxed{{{answer}}}$.", "7", False, "slow")] * slow_repeats
+    random.Random(seed).shuffle(jobs)
+    latencies: dict[str, list[float]] = {"normal": [], "slow": []}
+    wrong = []
+
+    def one(job: tuple[str, str, bool, str]) -> None:
+        start = time.perf_counter()
+        verdict = verifier(job[0], job[1])
+        latencies[job[3]].append(time.perf_counter() - start)
+        if verdict.correct != job[2]:
+            wrong.append([job[0][-60:], job[1], job[2]])
+
+    with Progress(transient=True) as progress:
+        task = progress.add_task(f"mixed load, {threads} threads", total=len(jobs))
+        start = time.perf_counter()
+        with ThreadPoolExecutor(threads) as pool:
+            for _ in pool.map(one, jobs):
+                progress.advance(task)
+        seconds = time.perf_counter() - start
+    return {
+        "threads": threads,
+        "normal": _latency(latencies["normal"]),
+        "slow": _latency(latencies["slow"]),
+        "slow_distinct": slow,
+        "slow_repeats": slow_repeats,
+        "seconds": seconds,
+        "disagreements": wrong,
+    }
+
+
+def _print_mixed(console: Console, mixed: dict, timeout: float) -> None:
+    table = Table(
+        title=f"mixed load: {mixed['threads']} threads, {mixed['slow_distinct']} answers that time out "
+        f"(each {mixed['slow_repeats']} times) among {mixed['normal']['calls']} normal ones, timeout "
+        f"{timeout:g} s; latency per call"
+    )
+    for column in ("answers", "calls", "p50 s", "p95 s", "max s"):
+        table.add_column(column, justify="right")
+    for kind in ("normal", "slow"):
+        row = mixed[kind]
+        if row["calls"]:
+            table.add_row(
+                kind, str(row["calls"]), f"{row['p50']:.3f}", f"{row['p95']:.3f}", f"{row['max']:.3f}"
+            )
+    console.print(table)
+    console.print(f"{mixed['seconds']:.1f} s in all; pool {worker_pool_stats()}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m p2o.tasks.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=300, help="verdicts per run (default 300)")
@@ -271,15 +357,39 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--workers", type=int, default=None, help="worker processes (default min(4, CPUs))")
     parser.add_argument("--out", type=Path, default=None, help="also write the results to this JSON file")
+    parser.add_argument("--mixed-only", action="store_true", help="run only the mixed-load latency part")
+    parser.add_argument(
+        "--normal", type=int, default=240, help="normal answers of the mixed load (default 240)"
+    )
+    parser.add_argument("--slow", type=int, default=4, help="distinct answers that time out (default 4)")
+    parser.add_argument(
+        "--slow-repeats", type=int, default=4, help="calls with each answer that times out (default 4)"
+    )
     args = parser.parse_args(argv)
-    if args.n < 1 or args.threads < 1 or args.timeout <= 0:
-        parser.error("--n and --threads must be >= 1 and --timeout > 0")
+    if args.n < 1 or args.threads < 1 or args.timeout <= 0 or args.normal < 1:
+        parser.error("--n, --threads and --normal must be >= 1 and --timeout > 0")
+    if not 0 <= args.slow <= len(slow_answers(100)) or args.slow_repeats < 1:
+        parser.error(f"--slow must be in [0, {len(slow_answers(100))}] and --slow-repeats >= 1")
 
     console = Console()
     verifier = MathVerifier(timeout_s=args.timeout, max_workers=args.workers, cache_size=0)
     start = time.perf_counter()
     verifier.warmup()
     startup_s = time.perf_counter() - start
+    # The verdict cache on, as in training: a repeated answer may be answered from it.
+    loaded = MathVerifier(timeout_s=args.timeout, max_workers=args.workers)
+    # A normal answer may wait for at most one timeout, plus a worker start-up.
+    bound = args.timeout + max(1.0, startup_s)
+    if args.mixed_only:
+        mixed = mixed_load(loaded, args.threads, args.normal, args.slow, args.slow_repeats)
+        _print_mixed(console, mixed, args.timeout)
+        failures = _mixed_failures(mixed, bound)
+        for failure in failures:
+            console.print(f"[red]failure:[/red] {failure}")
+        if args.out:
+            args.out.write_text(json.dumps({"mixed_load": mixed}, indent=2) + "\n", encoding="utf-8")
+            console.print(f"wrote {args.out}")
+        return 1 if failures else 0
 
     # A fresh set per run, so that no run finds the parses of another in math-verify's cache.
     sets = [bench_pairs(args.n, seed=seed) for seed in range(3)]
@@ -296,6 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     baseline = _run_in_process(sets[2])
     hostile = _hostile(verifier)
     stats = worker_pool_stats()
+    mixed = mixed_load(loaded, args.threads, args.normal, args.slow, args.slow_repeats)
 
     table = Table(title=f"math verifier: {args.n} verdicts per run, each run on its own distinct pairs")
     for column in ("threads", "seconds", "verdicts/s", "accuracy"):
@@ -318,8 +429,10 @@ def main(argv: list[str] | None = None) -> int:
     for row in hostile:
         hostile_table.add_row(row["input"], f"{row['seconds']:.3f}", f"{row['score']:g}", row["feedback"])
     console.print(hostile_table)
+    _print_mixed(console, mixed, args.timeout)
 
-    failures = [d for run in runs for d in run["disagreements"]]
+    failures = _mixed_failures(mixed, bound)
+    failures += [d for run in runs for d in run["disagreements"]]
     failures += [[row["input"], "score should be 0"] for row in hostile if row["score"] != 0.0]
     failures += [
         [row["input"], f"took {row['seconds']:.2f} s > timeout + 1 s"]
@@ -337,10 +450,22 @@ def main(argv: list[str] | None = None) -> int:
             "runs": runs,
             "in_process_baseline": baseline,
             "hostile": hostile,
+            "mixed_load": mixed,
         }
         args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
         console.print(f"wrote {args.out}")
     return 1 if failures else 0
+
+
+def _mixed_failures(mixed: dict, bound: float) -> list[list]:
+    failures = list(mixed["disagreements"])
+    if mixed["normal"]["max"] > bound:
+        failures.append(
+            [
+                f"a normal answer took {mixed['normal']['max']:.2f} s under load > timeout + start-up = {bound:.2f} s"
+            ]
+        )
+    return failures
 
 
 if __name__ == "__main__":
