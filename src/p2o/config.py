@@ -428,10 +428,27 @@ def parse_config(
 ) -> tuple[P2OScriptArguments, P2OConfig, Any]:
     """Parse `--config x.yaml` + CLI overrides into (script args, P2OConfig, *extra).
 
+    A `--config` value that is not an existing file is a recipe name, looked up as `p2o.resources`
+    says (./configs, then the recipes shipped with p2o): `--config paper/deepscaler_p2o_teacher`,
+    `--config toy_p2o.yaml` or `--config configs/toy_p2o.yaml` work from any directory.
+
     Raises `ConfigError` for invalid values and `SystemExit(2)` for unknown flags.
     """
+    import sys
+
     from trl import TrlParser
 
+    from p2o.resources import ResourceError, find_recipe
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):  # TrlParser only reads `--config FILE`
+            argv[i : i + 1] = ["--config", arg.partition("=")[2]]
+        if argv[i] == "--config" and i + 1 < len(argv):
+            try:
+                argv[i + 1] = str(find_recipe(argv[i + 1]))
+            except ResourceError as e:
+                raise ConfigError(f"--config: {e}") from e
     parser = TrlParser((P2OScriptArguments, P2OConfig, *extra))
     try:
         parsed = parser.parse_args_and_config(args=argv, fail_with_unknown_args=True)

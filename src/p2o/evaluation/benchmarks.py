@@ -15,8 +15,8 @@ A benchmark is a YAML file in `evals/` (`evals/aime24.yaml`):
     temperature: 0.6                 # 0 = greedy (n is then 1)
     max_tokens: 12288
 
-Names are looked up in $P2O_EVALS_DIR, ./evals and the repository's evals/, or given as a path to a
-YAML file. Where the problems come from, first match wins: `--data-dir DIR` holding
+Names are looked up in $P2O_EVALS_DIR, ./evals and the evals/ shipped with p2o (`p2o.resources`), or
+given as a path to a YAML file. Where the problems come from, first match wins: `--data-dir DIR` holding
 `DIR/<name>.jsonl` (or .json / .parquet), then `local`, then `dataset` (the hub), then the task's own
 generated split (the toy world). Loading goes through `p2o.tasks.data.load_samples`, so field
 mapping, stable ids and bad-row errors are the same as for training data.
@@ -25,11 +25,11 @@ mapping, stable ids and bad-row errors are the same as for training data.
 from __future__ import annotations
 
 import ast
-import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from p2o.resources import list_names, search_dirs
 from p2o.tasks.base import Sample, Task, Verifier
 from p2o.tasks.data import DataError, load_samples
 
@@ -48,17 +48,9 @@ class BenchmarkError(ValueError):
 
 
 def evals_dirs() -> list[Path]:
-    """Where benchmark names are looked up, in order: $P2O_EVALS_DIR, ./evals, the repository's."""
-    dirs: list[Path] = []
-    if os.environ.get("P2O_EVALS_DIR"):
-        dirs.append(Path(os.environ["P2O_EVALS_DIR"]))
-    dirs.append(Path.cwd() / "evals")
-    dirs.append(Path(__file__).resolve().parents[3] / "evals")
-    out: list[Path] = []
-    for d in dirs:
-        if d.resolve() not in [o.resolve() for o in out]:
-            out.append(d)
-    return out
+    """Where benchmark names are looked up, in order: $P2O_EVALS_DIR, ./evals, the packaged ones
+    (`p2o.resources`)."""
+    return search_dirs("evals")
 
 
 @dataclass
@@ -279,12 +271,7 @@ def _find(name: str) -> Path:
 
 def list_benchmarks() -> list[str]:
     """Names of the benchmark files found in `evals_dirs()`."""
-    names: set[str] = set()
-    for d in evals_dirs():
-        if d.is_dir():
-            names.update(p.stem for p in d.glob("*.yaml"))
-            names.update(p.stem for p in d.glob("*.yml"))
-    return sorted(names)
+    return list_names("evals", (".yaml", ".yml"))
 
 
 def expand_names(spec: str | list[str]) -> list[str]:

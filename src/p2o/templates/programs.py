@@ -1,6 +1,7 @@
 """Template programs: single-predictor DSPy modules whose instruction is the evolved template z.
 
-A program is found by name in `programs/` (`math_cot` → `programs/math_cot.py`), by a `.py` path, or
+A program is found by name in `programs/` (`math_cot` → `programs/math_cot.py`; the folders searched
+and their order are in `p2o.resources`), by a `.py` path, or
 by a dotted path (`my_pkg.programs:MyProgram`). A program file defines:
 
 - `program`: a `dspy.Module` subclass (or instance) with exactly one predictor. Its signature has one
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import importlib.util
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +30,7 @@ import dspy
 from dspy.signatures.signature import _default_instructions
 
 from p2o.config import ConfigError
+from p2o.resources import list_names, search_dirs
 from p2o.tasks.base import Messages, PromptBuilder
 from p2o.templates.render import render_augmented
 
@@ -40,17 +41,9 @@ class ProgramError(ConfigError):
 
 
 def programs_dirs() -> list[Path]:
-    """Where program names are looked up, in order: $P2O_PROGRAMS_DIR, ./programs, the repository's."""
-    dirs: list[Path] = []
-    if os.environ.get("P2O_PROGRAMS_DIR"):
-        dirs.append(Path(os.environ["P2O_PROGRAMS_DIR"]))
-    dirs.append(Path.cwd() / "programs")
-    dirs.append(Path(__file__).resolve().parents[3] / "programs")
-    seen: list[Path] = []
-    for d in dirs:
-        if d.resolve() not in [s.resolve() for s in seen]:
-            seen.append(d)
-    return seen
+    """Where program names are looked up, in order: $P2O_PROGRAMS_DIR, ./programs, the packaged ones
+    (`p2o.resources`)."""
+    return search_dirs("programs")
 
 
 def template_of(signature: type[dspy.Signature]) -> str:
@@ -154,18 +147,15 @@ def _resolve(spec: str) -> tuple[Any, str, str]:
         path = d / f"{spec}.py"
         if path.exists():
             return _load_file(path), "", str(path)
-    known = sorted(
-        {p.stem for d in programs_dirs() if d.is_dir() for p in d.glob("*.py") if p.stem[0] != "_"}
-    )
     raise ProgramError(
         f"unknown template program {spec!r}: no {spec}.py in {', '.join(str(d) for d in programs_dirs())}. "
-        f"Known: {', '.join(known) or '(none)'}; or give a .py path or a dotted path 'pkg.mod:Program'."
+        f"Known: {', '.join(list_programs()) or '(none)'}; or give a .py path or a dotted path 'pkg.mod:Program'."
     )
 
 
 def list_programs() -> list[str]:
     """Program names available in the program directories."""
-    return sorted({p.stem for d in programs_dirs() if d.is_dir() for p in d.glob("*.py") if p.stem[0] != "_"})
+    return list_names("programs", (".py",))
 
 
 def load_program(spec: str) -> TemplateProgram:
