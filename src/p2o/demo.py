@@ -1,7 +1,7 @@
-"""`p2o demo [--quick] [--seed N] [--output-dir DIR]`: the paper's comparison in miniature on the toy world.
+"""`p2o demo [--quick] [--seed N] [--output_dir DIR]`: the paper's comparison in miniature on the toy world.
 
 Every method trains the same freshly built toy policy for the same number of steps with the same
-seed, from `configs/toy_p2o.yaml`, and is measured the same way: greedy, without instruction, on the
+seed, from the recipe `configs/toy_p2o.yaml` (`--recipe`), and is measured the same way: greedy, without instruction, on the
 toy world's held-out hard and easy problems (`p2o.evaluation`, as `p2o eval` does).
 
 - `grpo`: plain GRPO with K rollouts (no phases);
@@ -10,7 +10,9 @@ toy world's held-out hard and easy problems (`p2o.evaluation`, as `p2o eval` doe
 - `p2o_self`: P²O, Self-Ref (the live policy reflects on itself);
 - `p2o_no_distill`: P²O with the loss on x̃ (the paper's "w/o context distillation").
 
-`--quick` runs `grpo` and `p2o_teacher`. Writes `results.json`, `results.md` and `curves.png`.
+`--quick` runs `grpo` and `p2o_teacher`. Writes `results.json`, `results.md` and `curves.png`. Flags take
+underscores or dashes (`--output_dir`, `--output-dir`), and `--config FILE` reads them from YAML
+(`p2o.cliutil`); the training recipe is `--recipe`.
 """
 
 from __future__ import annotations
@@ -31,15 +33,14 @@ METHODS: dict[str, dict[str, Any]] = {
     "p2o_no_distill": {"reflection": "toy-teacher", "distill": False},
 }
 QUICK = ("grpo", "p2o_teacher")
-ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_CONFIG = ROOT / "configs" / "toy_p2o.yaml"
+DEFAULT_RECIPE = "toy_p2o"  # a recipe name, found as `p2o.resources` says (shipped with p2o)
 
 
 def load_recipe(path: Path) -> dict[str, Any]:
     import yaml
 
     if not path.exists():
-        raise FileNotFoundError(f"demo recipe {path} not found; pass --config")
+        raise FileNotFoundError(f"demo recipe {path} not found; pass --recipe FILE")
     return yaml.safe_load(path.read_text()) or {}
 
 
@@ -146,13 +147,17 @@ def run_demo(
     methods: list[str],
     seed: int,
     out: Path,
-    recipe_path: Path = DEFAULT_CONFIG,
+    recipe_path: Path | None = None,
     overrides: dict | None = None,
     model: str | None = None,
 ) -> dict[str, Any]:
     from rich.console import Console
 
     console = Console(stderr=True)
+    if recipe_path is None:
+        from p2o.resources import find_recipe
+
+        recipe_path = find_recipe(DEFAULT_RECIPE)
     recipe = load_recipe(recipe_path)
     out.mkdir(parents=True, exist_ok=True)
     from p2o.toy import ensure_toy_model
@@ -185,17 +190,22 @@ def run_demo(
 
 
 def main(argv: list[str] | None = None) -> int:
+    from p2o.cliutil import parse_args, report_errors
+    from p2o.resources import ResourceError, find_recipe
+
     p = argparse.ArgumentParser(prog="p2o demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="run grpo and p2o_teacher only")
     p.add_argument("--methods", help="comma-separated subset of: " + ", ".join(METHODS))
     p.add_argument("--seed", type=int, default=0, help="toy world and training seed (default 0)")
-    p.add_argument("--output-dir", default="runs/demo", help="where results go (default runs/demo)")
+    p.add_argument("--output_dir", default="runs/demo", help="where results go (default runs/demo)")
     p.add_argument(
-        "--config", default=str(DEFAULT_CONFIG), help="training recipe (default configs/toy_p2o.yaml)"
+        "--recipe",
+        default=DEFAULT_RECIPE,
+        help="training recipe: a YAML file or a recipe name (default toy_p2o, i.e. configs/toy_p2o.yaml)",
     )
-    p.add_argument("--max-steps", type=int, help="override the recipe's max_steps (smoke runs)")
+    p.add_argument("--max_steps", type=int, help="override the recipe's max_steps (smoke runs)")
     p.add_argument("--model", help="a built toy policy directory (default: build or reuse the cached one)")
-    args = p.parse_args(argv)
+    args = parse_args(p, argv)
     methods = list(QUICK) if args.quick else list(METHODS)
     if args.methods:
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -203,12 +213,17 @@ def main(argv: list[str] | None = None) -> int:
         if bad:
             p.error(f"--methods: unknown {', '.join(bad)}; choose from {', '.join(METHODS)}")
     if args.model and not (Path(args.model) / "config.json").is_file():
-        p.error(f"--model {args.model}: no built toy policy there (make one with p2o toy build --output DIR)")
+        p.error(
+            f"--model {args.model}: no built toy policy there (make one with p2o toy build --output_dir DIR)"
+        )
+    try:
+        recipe = find_recipe(args.recipe)
+    except ResourceError as e:
+        p.error(f"--recipe: {e}")
     overrides = {"max_steps": args.max_steps} if args.max_steps else {}
-    from p2o.cliutil import report_errors
 
     def demo() -> int:
-        run_demo(methods, args.seed, Path(args.output_dir), Path(args.config), overrides, args.model)
+        run_demo(methods, args.seed, Path(args.output_dir), recipe, overrides, args.model)
         return 0
 
     return report_errors("p2o demo", demo)

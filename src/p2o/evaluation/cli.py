@@ -1,11 +1,12 @@
-"""`p2o eval --model PATH [--model PATH2 ...] --benchmarks aime24,math500,... --output DIR`.
+"""`p2o eval --model PATH [--model PATH2 ...] --benchmarks aime24,math500,... --output_dir DIR`.
 
 Generates with the vLLM offline engine when it is installed and a GPU is present, otherwise with
 transformers in-process, or with a running OpenAI-compatible server (`--server URL`); scores with
 each benchmark's verifier; reports avg@n and unbiased pass@k per benchmark and the mean over the
 paper's six. Writes DIR/summary.json, DIR/summary.md, DIR/<model>/<bench>.jsonl and, with several
 models, DIR/accuracy.png. Exit status: 0 when every (model, benchmark) ran, 1 when some failed
-(each is named on stderr and in summary.json), 2 for a bad command line.
+(each is named on stderr and in summary.json), 2 for a bad command line. Flags take underscores or
+dashes (`--max_tokens`, `--max-tokens`), and `--config FILE` reads them from YAML (`p2o.cliutil`).
 """
 
 from __future__ import annotations
@@ -71,7 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--template-id", default=None, help="With a templates.json: the id of the template to use."
     )
     p.add_argument(
-        "--output", type=Path, default=Path("runs/eval"), help="Output folder (default: runs/eval)."
+        "--output_dir",
+        "--output",
+        dest="output_dir",
+        type=Path,
+        default=Path("runs/eval"),
+        help="Output folder (default: runs/eval).",
     )
     p.add_argument(
         "--data-dir", type=Path, default=None, help="Folder of local benchmark files <name>.jsonl (offline)."
@@ -156,7 +162,9 @@ def _default_model(benchmarks: list[str]) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    from p2o.cliutil import parse_args
+
+    args = parse_args(build_parser(), argv)
     if args.list:
         for name in list_benchmarks():
             try:
@@ -222,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         backend=args.backend,
         server=args.server,
         api_key=args.api_key,
-        output_dir=args.output,
+        output_dir=args.output_dir,
         data_dir=args.data_dir,
         limit=args.limit,
         seed=args.seed,
@@ -239,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
         progress=not args.no_progress,
     )
     _print_table(report)
-    print(f"p2o eval: wrote {args.output / 'summary.json'} and {args.output / 'summary.md'}", file=sys.stderr)
+    out = args.output_dir
+    print(f"p2o eval: wrote {out / 'summary.json'} and {out / 'summary.md'}", file=sys.stderr)
     for err in report.errors:
         print(f"p2o eval: FAILED {err}", file=sys.stderr)
     return 1 if report.errors else 0

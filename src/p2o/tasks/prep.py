@@ -16,6 +16,9 @@ The splits are those of the authors' release (scripts/data_process/*.py), comput
 Every row written has a stable `sample_id` (a hash of the problem text, see
 `p2o.tasks.data.stable_id`), `problem`, `answer`, and the source's short metadata (numbers, flags and
 strings up to 200 characters; long solution texts are dropped). `prep.json` records the counts.
+
+Flags take underscores or dashes (`--output_dir`, `--output-dir`; `--output` also works), and
+`--config FILE` reads a subcommand's options from YAML (`p2o.cliutil`).
 """
 
 from __future__ import annotations
@@ -365,7 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
     def common(sp: argparse.ArgumentParser, source: str, out: str, pf: str, af: str) -> None:
         sp.add_argument("--source", default=source, help="Hub id or local .json/.jsonl/.parquet file.")
         sp.add_argument("--split", default="train", help="Hub split to read.")
-        sp.add_argument("--output", type=Path, default=Path(out), help="Output folder.")
+        sp.add_argument(
+            "--output_dir", "--output", dest="output_dir", type=Path, default=Path(out), help="Output folder."
+        )
         sp.add_argument("--holdout", type=int, default=HOLDOUT, help="Held-out rows.")
         sp.add_argument(
             "--sizes", default=",".join(map(str, SIZES)), help="Training subset sizes, comma-separated."
@@ -388,7 +393,14 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--smoothing", type=float, default=0.5, help="Answer-type quotas ∝ count**smoothing.")
     ev = sub.add_parser("eval", help="Copy benchmarks to DIR/<name>.jsonl for offline `p2o eval --data-dir`.")
     ev.add_argument("--benchmarks", default="paper", help="Names, YAML paths or groups, comma-separated.")
-    ev.add_argument("--output", type=Path, default=Path("data/eval"), help="Output folder.")
+    ev.add_argument(
+        "--output_dir",
+        "--output",
+        dest="output_dir",
+        type=Path,
+        default=Path("data/eval"),
+        help="Output folder.",
+    )
     return p
 
 
@@ -427,10 +439,12 @@ def _print_record(record: dict[str, Any], title: str) -> None:
 
 
 def run(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    from p2o.cliutil import parse_args
+
+    args = parse_args(build_parser(), argv)
     if args.dataset == "eval":
-        record = prepare_eval(args.benchmarks, args.output)
-        _print_record(record, f"p2o data eval → {args.output}")
+        record = prepare_eval(args.benchmarks, args.output_dir)
+        _print_record(record, f"p2o data eval → {args.output_dir}")
         for name, err in record["errors"].items():
             print(f"p2o data: {name}: {err}", file=sys.stderr)
         return 1 if record["errors"] else 0
@@ -444,18 +458,18 @@ def run(argv: list[str]) -> int:
         "skip_bad_rows": args.skip_bad_rows,
     }
     if args.dataset == "deepscaler":
-        record = prepare_deepscaler(args.source, args.output, **common)
+        record = prepare_deepscaler(args.source, args.output_dir, **common)
     else:
         record = prepare_deepmath(
             args.source,
-            args.output,
+            args.output_dir,
             min_difficulty=args.min_difficulty,
             max_yes_no=args.max_yes_no,
             smoothing=args.smoothing,
             **common,
         )
-    _print_record(record, f"p2o data {args.dataset} → {args.output}")
-    print(f"p2o data: wrote {args.output / 'prep.json'}", file=sys.stderr)
+    _print_record(record, f"p2o data {args.dataset} → {args.output_dir}")
+    print(f"p2o data: wrote {args.output_dir / 'prep.json'}", file=sys.stderr)
     return 0
 
 

@@ -1,8 +1,11 @@
 """`p2o toy`: build the toy policy, show a world, print a build's report.
 
-p2o toy build --output DIR [--seed N] [--force] [--preset default|tiny] [--steps N] [--no-cache]
+p2o toy build --output_dir DIR [--seed N] [--force] [--preset default|tiny] [--steps N] [--no_cache]
 p2o toy world [--seed N] [--problems N]
 p2o toy report DIR
+
+Flags take underscores or dashes (`--output_dir`, `--output-dir`; `--output` also works), and
+`--config FILE` reads a subcommand's options from YAML (`p2o.cliutil`).
 """
 
 from __future__ import annotations
@@ -45,7 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser(
         "build", help="Build and pre-train the toy policy (cached per seed), write report.json."
     )
-    b.add_argument("--output", required=True, help="Directory for the model, tokenizer and report.json.")
+    b.add_argument(
+        "--output_dir",
+        "--output",
+        dest="output_dir",
+        required=True,
+        help="Directory for the model, tokenizer and report.json.",
+    )
     b.add_argument("--seed", type=int, default=0, help="World seed: which rules the hard operators hide.")
     b.add_argument("--force", action="store_true", help="Rebuild even if a matching build exists.")
     b.add_argument(
@@ -103,7 +112,7 @@ def _build(args: argparse.Namespace) -> int:
     try:
         settings = settings_from(args.preset, **overrides)
         result = build_toy_model(
-            args.output,
+            args.output_dir,
             seed=args.seed,
             settings=settings,
             force=args.force,
@@ -147,7 +156,8 @@ def _report(args: argparse.Namespace) -> int:
     f = path / "report.json"
     if not f.is_file():
         print(
-            f"p2o toy report: {f} does not exist; run `p2o toy build --output {path}` first", file=sys.stderr
+            f"p2o toy report: {f} does not exist; run `p2o toy build --output_dir {path}` first",
+            file=sys.stderr,
         )
         return 2
     _print_report(json.loads(f.read_text()), path)
@@ -155,7 +165,9 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    from p2o.cliutil import parse_args
+
+    args = parse_args(build_parser(), argv)
     return {"build": _build, "world": _world, "report": _report}[args.cmd](args)
 
 
