@@ -223,6 +223,60 @@ def test_bombs_from_threads_do_not_stall_the_others():
     assert time.monotonic() - start < 1.0 * 2 + 3.0
 
 
+# ---------------------------------------------------------------- under load
+
+
+def test_a_timeout_is_remembered_and_shared_by_threads_asking_at_once():
+    v = MathVerifier(timeout_s=1.0)
+    tower = "\\boxed{7^{8^{7^{8}}}}"
+    start = time.monotonic()
+    with ThreadPoolExecutor(6) as pool:  # a GRPO group repeating one answer: one worker computes it
+        verdicts = list(pool.map(lambda _: v(tower, "3"), range(6)))
+    assert time.monotonic() - start < 1.0 + 3.0  # one timeout (plus a worker start-up), not six
+    assert all(x.score == 0.0 and "timed out after 1 s" in x.feedback for x in verdicts)
+    verdict, seconds = timed(v, tower, "3")  # asked again later: remembered
+    assert "timed out after 1 s" in verdict.feedback and seconds < 0.1
+    assert MathVerifier(timeout_s=1.0, cache_size=0)._verify(("compare", "1", "2"))[0] == "ok"
+
+
+def test_only_timeouts_that_really_computed_are_remembered():
+    from p2o.tasks.math import _worth_remembering
+
+    assert _worth_remembering(("ok", True, True), 4.0)
+    assert _worth_remembering(("timeout", 3.9), 4.0)  # the worker computed most of the deadline
+    assert _worth_remembering(("timeout",), 4.0)  # stuck past the deadline and killed
+    assert not _worth_remembering(("timeout", 0.2), 4.0)  # starved by a loaded machine
+    assert not _worth_remembering(("failed", "the worker was killed by SIGKILL"), 4.0)
+
+
+def test_a_slow_answer_does_not_hold_normal_ones_back():
+    shutdown_worker_pool()
+    v = MathVerifier(timeout_s=4.0, max_workers=1, cache_size=0)
+    v.warmup()
+    jobs = [("\\boxed{9^{8^{9^{8}}}}", "2")] + [
+        (boxed(f"\\frac{{{i}}}{{4}}"), f"{i / 4}") for i in range(1, 31)
+    ]
+    latencies: list[float] = []
+
+    def one(job):
+        if job[0].startswith("\\boxed{9"):
+            return v(*job)
+        time.sleep(0.02 * len(latencies))  # normal answers keep arriving while the tower runs
+        verdict, seconds = timed(v, *job)
+        latencies.append(seconds)
+        return verdict
+
+    with ThreadPoolExecutor(4) as pool:
+        verdicts = list(pool.map(one, jobs))
+    assert verdicts[0].score == 0.0 and "timed out" in verdicts[0].feedback
+    assert all(x.correct for x in verdicts[1:])
+    # One worker, busy 3.4 s with the tower: without an extra worker, normal answers would wait that long.
+    assert max(latencies) < 0.85 * 4.0, sorted(latencies)[-3:]
+    stats = worker_pool_stats()
+    assert stats["peak"] >= 2 and stats["size"] == 1
+    shutdown_worker_pool()
+
+
 def test_never_raises_on_odd_arguments(verifier):
     assert verifier(None, "5").score == 0.0  # type: ignore[arg-type]
     assert verifier("\\boxed{5}", 5).correct  # type: ignore[arg-type]

@@ -14,7 +14,16 @@ shared by every verifier of this process:
   overruns it is killed and replaced on demand, so one pathological answer costs one worker
   start-up (about a second), never a stuck thread;
 - the pool starts lazily on first use, grows to `max_workers`, is shut down at exit, and a forked
-  child (a data-loader worker, say) starts its own instead of touching its parent's.
+  child (a data-loader worker, say) starts its own instead of touching its parent's;
+- a request still running after half a second is *slow* (ordinary answers take milliseconds): each
+  slow one lets the pool start one extra worker (up to `max(4, 2 × max_workers)` extra), so answers
+  that run into the timeout never hold ordinary ones back by more than about a second and a
+  worker start-up; extra workers stop once the slow requests end.
+
+Verdicts are remembered per (answer, reference), timeouts included, so a pathological answer
+that GRPO repeats across a group, or that comes back in later steps, costs its timeout once;
+threads asking the same question at the same time wait for one worker's answer. A timeout is
+remembered only when the worker really computed (not when a starved machine gave it no CPU).
 
 Cheap checks run in the calling thread first and never reach a worker: answers nested too deeply
 or too long are scored 0 at once, and answers equal to the reference after a light normalisation
@@ -36,7 +45,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -72,6 +81,12 @@ _SOFT_DEADLINE_FRACTION = 0.85
 _WORKER_MEMORY_LIMIT_BYTES = 4 << 30
 # Without a box (require_boxed=False) math-verify looks for an answer in this much of the end.
 _UNBOXED_TAIL_CHARS = 2000
+# A request running this long is slow (ordinary answers take milliseconds): its worker stops
+# counting against the pool's size, so the answers queued behind it get a worker of their own.
+_SLOW_REQUEST_S = 0.5
+# A timed-out request is remembered only if its worker used at least this share of the deadline
+# in CPU time: one starved by a loaded machine may have been an ordinary answer.
+_MIN_CPU_SHARE_TO_REMEMBER = 0.25
 
 
 def math_messages(problem: str, system: str | None = None) -> Messages:
@@ -188,7 +203,8 @@ class MathVerifier:
             value any verifier asks for); default min(4, CPUs).
         max_answer_chars / max_nesting: answers longer, or with brackets nested deeper, are
             scored 0 without being parsed.
-        cache_size: verdicts of distinct (answer, reference) pairs remembered; 0 disables.
+        cache_size: verdicts of distinct (answer, reference) pairs remembered, timeouts included;
+            0 disables (and then every call, even a repeated one, reaches a worker).
     """
 
     def __init__(
@@ -220,7 +236,9 @@ class MathVerifier:
         # The worker's soft deadline as a fraction of timeout_s; tests raise it above 1 to force
         # the parent's hard deadline (kill and replace) to act first.
         self._soft_fraction = _SOFT_DEADLINE_FRACTION
-        self._cache: OrderedDict[tuple[str, str], tuple[bool, bool]] = OrderedDict()
+        # (kind, answer, reference) -> the worker's reply; guarded by _cache_lock, like _pending.
+        self._cache: OrderedDict[tuple[str, str, str], tuple] = OrderedDict()
+        self._pending: dict[tuple[str, str, str], _Pending] = {}
         self._cache_lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -232,6 +250,7 @@ class MathVerifier:
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_cache"] = OrderedDict()
+        state["_pending"] = {}
         del state["_cache_lock"]
         return state
 
@@ -288,16 +307,10 @@ class MathVerifier:
         if normalize_answer(answer) == normalize_answer(gold):
             return Verdict(1.0, f"Your final answer {answer} is correct.", extracted=answer)
 
-        key = (answer, gold)
-        cached = self._cache_get(key)
-        if cached is None:
-            reply = self._ask_worker(("compare", answer, gold))
-            if reply[0] != "ok":
-                return self._failure_verdict(reply, answer, gold)
-            cached = (bool(reply[1]), bool(reply[2]))
-            self._cache_put(key, cached)
-        equal, parsed = cached
-        return self._answer_verdict(equal, parsed, answer, gold)
+        reply = self._verify(("compare", answer, gold))
+        if reply[0] != "ok":
+            return self._failure_verdict(reply, answer, gold)
+        return self._answer_verdict(bool(reply[1]), bool(reply[2]), answer, gold)
 
     def _judge_unboxed(self, tail: str, gold: str) -> Verdict:
         problem = self._check_size(tail, limit=_UNBOXED_TAIL_CHARS)
@@ -305,7 +318,7 @@ class MathVerifier:
             return Verdict(
                 0.0, f"Your answer was not checked: {problem}; it is scored as incorrect." + self._gold(gold)
             )
-        reply = self._ask_worker(("extract", tail, gold))
+        reply = self._verify(("extract", tail, gold))
         if reply[0] != "ok":
             return self._failure_verdict(reply, None, gold)
         _, equal, parsed, extracted = reply
@@ -346,22 +359,54 @@ class MathVerifier:
         soft_s = self.timeout_s * self._soft_fraction
         return _shared_pool(self.max_workers).run((*request, soft_s, self.timeout_s), self.timeout_s)
 
-    def _cache_get(self, key: tuple[str, str]) -> tuple[bool, bool] | None:
+    def _verify(self, request: tuple[str, str, str]) -> tuple:
+        """The worker's reply to `request`, from the cache when this question was asked before; a
+        question being answered for another thread right now is waited for, not asked again."""
         if not self.cache_size:
-            return None
+            return self._ask_worker(request)
         with self._cache_lock:
-            value = self._cache.get(key)
-            if value is not None:
-                self._cache.move_to_end(key)
-            return value
+            reply = self._cache.get(request)
+            if reply is not None:
+                self._cache.move_to_end(request)
+                return reply
+            pending = self._pending.get(request)
+            leader = pending is None
+            if leader:
+                pending = self._pending[request] = _Pending()
+        if not leader:
+            pending.done.wait()
+            return pending.reply
+        reply = ("failed", "the verifier stopped before the worker replied")
+        try:
+            reply = self._ask_worker(request)
+        finally:
+            with self._cache_lock:
+                if _worth_remembering(reply, self.timeout_s * self._soft_fraction):
+                    self._cache[request] = reply
+                    if len(self._cache) > self.cache_size:
+                        self._cache.popitem(last=False)
+                del self._pending[request]
+            pending.reply = reply
+            pending.done.set()
+        return reply
 
-    def _cache_put(self, key: tuple[str, str], value: tuple[bool, bool]) -> None:
-        if not self.cache_size:
-            return
-        with self._cache_lock:
-            self._cache[key] = value
-            if len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
+
+class _Pending:
+    """A question one thread is asking a worker; others asking the same wait for its reply."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.reply: tuple = ()
+
+
+def _worth_remembering(reply: tuple, soft_s: float) -> bool:
+    """Verdicts and math-verify's own errors always; a timeout when the worker spent a real share
+    of the deadline computing, or was stuck past it (killed); never a worker that failed."""
+    if reply[0] in ("ok", "error"):
+        return True
+    if reply[0] == "timeout":
+        return len(reply) < 2 or reply[1] >= _MIN_CPU_SHARE_TO_REMEMBER * soft_s
+    return False
 
 
 def default_max_workers() -> int:
@@ -449,18 +494,53 @@ def _await_ready(worker: _Worker) -> None:
     raise WorkerStartError(f"math-verify worker failed to start: {reason}")
 
 
+class _Ticket:
+    """A caller waiting for a worker; served in arrival order."""
+
+    __slots__ = ("worker",)
+
+    def __init__(self) -> None:
+        self.worker: _Worker | None = None
+
+
 class _WorkerPool:
-    """Worker processes, each used by one calling thread at a time; grown on demand to `size`."""
+    """Worker processes, each used by one calling thread at a time, handed to waiting callers in
+    arrival order (a caller that just finished never jumps the queue). Grown on demand to `size`,
+    and past it by one worker per slow request (up to `extra_limit`), so that slow requests never
+    take every worker; extra workers are started in the background and stop when the load is over.
+    """
 
     def __init__(self, size: int) -> None:
         self.pid = os.getpid()
         self.size = size
         self.started = 0
         self.killed = 0
+        self.peak = 0
         self._idle: list[_Worker] = []
+        self._waiting: deque[_Ticket] = deque()
         self._count = 0  # live workers, busy or idle, plus those starting
+        self._starting = 0  # of those, started in the background for waiting callers
+        self._busy: dict[int, float] = {}  # id(worker) -> when its current request was sent
+        self._start_failures = 0  # callers waiting for a worker give up when a start fails
+        self._start_error = ""
         self._cond = threading.Condition()
         self._closed = False
+
+    @property
+    def extra_limit(self) -> int:
+        return max(4, 2 * self.size)
+
+    def _capacity(self, now: float) -> int:
+        """Workers allowed now: `size`, plus one for each request that has run `_SLOW_REQUEST_S`."""
+        slow = sum(1 for sent in self._busy.values() if now - sent >= _SLOW_REQUEST_S)
+        return self.size + min(slow, self.extra_limit)
+
+    def _next_slow(self, now: float) -> float | None:
+        """Seconds until a busy request turns slow and so may raise the capacity (None: none will)."""
+        if self._capacity(now) >= self.size + self.extra_limit:
+            return None
+        waits = [sent + _SLOW_REQUEST_S - now for sent in self._busy.values() if now - sent < _SLOW_REQUEST_S]
+        return max(0.01, min(waits)) if waits else None
 
     def grow_to(self, size: int) -> None:
         with self._cond:
@@ -472,6 +552,7 @@ class _WorkerPool:
         with self._cond:
             n = max(0, min(n, self.size) - self._count)
             self._count += n
+            self.peak = max(self.peak, self._count)
         launched: list[_Worker] = []
         try:
             for _ in range(n):
@@ -493,13 +574,17 @@ class _WorkerPool:
             raise error
 
     def run(self, request: tuple, deadline_s: float) -> tuple:
-        """Send one request to a free worker; its reply, or ("timeout",) / ("error", why)."""
+        """Send one request to a free worker; its reply (("ok", ...), ("timeout", cpu seconds),
+        ("error", math-verify's exception)), ("timeout",) when killed past the deadline, or
+        ("failed", why) when no worker could answer."""
         try:
             worker = self._acquire()
         except WorkerStartError as e:
             logger.warning("%s", e)
-            return ("error", str(e))
+            return ("failed", str(e))
         healthy = False
+        with self._cond:
+            self._busy[id(worker)] = time.monotonic()
         try:
             worker.conn.send(request)
             if not worker.conn.poll(deadline_s):
@@ -513,8 +598,10 @@ class _WorkerPool:
         except (EOFError, OSError):
             with contextlib.suppress(subprocess.TimeoutExpired):
                 worker.proc.wait(timeout=1)
-            return ("error", worker.describe_exit())
+            return ("failed", worker.describe_exit())
         finally:
+            with self._cond:
+                self._busy.pop(id(worker), None)
             if healthy:
                 self._release(worker)
             else:
@@ -535,44 +622,84 @@ class _WorkerPool:
                 worker.kill()
 
     def _acquire(self) -> _Worker:
+        """A worker for this caller: an idle one when nobody waits, else the next one freed or
+        started after those who came first. While callers wait and the capacity allows, workers
+        are started in the background (a caller never waits on one particular start-up)."""
         with self._cond:
-            while True:
-                if self._closed:
-                    raise WorkerStartError("the math-verify worker pool was shut down")
-                if self._idle:
-                    return self._idle.pop()
-                if self._count < self.size:
-                    self._count += 1
-                    break
-                self._cond.wait()
+            if self._closed:
+                raise WorkerStartError("the math-verify worker pool was shut down")
+            if self._idle and not self._waiting:
+                return self._idle.pop()
+            ticket = _Ticket()
+            self._waiting.append(ticket)
+            failures = self._start_failures
+            try:
+                while ticket.worker is None:
+                    if self._closed:
+                        raise WorkerStartError("the math-verify worker pool was shut down")
+                    if self._start_failures != failures:
+                        raise WorkerStartError(self._start_error)
+                    now = time.monotonic()
+                    if self._starting < len(self._waiting) and self._count < self._capacity(now):
+                        self._count += 1
+                        self._starting += 1
+                        self.peak = max(self.peak, self._count)
+                        threading.Thread(
+                            target=self._start_one, name="math-verify-start", daemon=True
+                        ).start()
+                        continue
+                    self._cond.wait(self._next_slow(now))
+                return ticket.worker
+            finally:
+                if ticket.worker is None:
+                    self._waiting.remove(ticket)
+
+    def _start_one(self) -> None:
         try:
             worker = _launch_worker()
             _await_ready(worker)
-        except BaseException:
+        except BaseException as e:
+            logger.warning("%s", e)
             with self._cond:
                 self._count -= 1
-                self._cond.notify()
-            raise
+                self._starting -= 1
+                self._start_failures += 1
+                self._start_error = str(e)
+                self._cond.notify_all()
+            return
+        with self._cond:
+            self._starting -= 1
         self._count_started()
-        return worker
+        self._release(worker)
 
     def _count_started(self) -> None:
         with self._cond:
             self.started += 1
 
     def _release(self, worker: _Worker) -> None:
+        """Hand `worker` to the longest-waiting caller, or keep it idle, or stop it when it is an
+        extra worker and the load that needed it is over."""
         with self._cond:
-            if not self._closed:
-                self._idle.append(worker)
-                self._cond.notify()
+            if self._closed:
+                stop = worker.kill
+            elif self._waiting:
+                self._waiting.popleft().worker = worker
+                self._cond.notify_all()
                 return
-        worker.kill()
+            elif self._count <= self.size + min(len(self._busy), self.extra_limit):
+                # Kept while the pool is busy: a request not yet slow may turn slow any moment,
+                # and a worker stopped now would have to be started again.
+                self._idle.append(worker)
+                return
+            else:
+                stop = functools.partial(self._discard, worker)
+        stop()
 
     def _discard(self, worker: _Worker) -> None:
         worker.kill()
         with self._cond:
             self._count -= 1
-            self._cond.notify()
+            self._cond.notify_all()
 
 
 _POOL: _WorkerPool | None = None
@@ -590,11 +717,12 @@ def _shared_pool(size: int) -> _WorkerPool:
 
 
 def worker_pool_stats() -> dict[str, int]:
-    """Size and counters of this process's worker pool (zeros before first use)."""
+    """Size and counters of this process's worker pool (zeros before first use); `peak` is the
+    most workers alive at once, extra ones for slow requests included."""
     pool = _POOL
     if pool is None or pool.pid != os.getpid():
-        return {"size": 0, "started": 0, "killed": 0}
-    return {"size": pool.size, "started": pool.started, "killed": pool.killed}
+        return {"size": 0, "started": 0, "killed": 0, "peak": 0}
+    return {"size": pool.size, "started": pool.started, "killed": pool.killed, "peak": pool.peak}
 
 
 def shutdown_worker_pool() -> None:
@@ -679,6 +807,7 @@ def _compare(kind: str, answer: str, gold: str) -> tuple:
 def _serve(request: tuple) -> tuple:
     global _ARMED
     kind, answer, gold, soft_s, hard_s = request
+    cpu_start = time.process_time()
     try:
         _limit_worker_resources(cpu_budget_s=hard_s)
         _ARMED = True
@@ -690,7 +819,7 @@ def _serve(request: tuple) -> tuple:
             _ARMED = False
             signal.setitimer(signal.ITIMER_REAL, 0)
     except _Deadline:
-        return ("timeout",)
+        return ("timeout", time.process_time() - cpu_start)
     except Exception as e:  # MemoryError, RecursionError, sympy's own errors
         return ("error", f"{type(e).__name__} in math-verify: {str(e)[:200]}")
 
