@@ -1,0 +1,117 @@
+"""Trackers, offline: a short P²O training with `report_to: tensorboard` (tiny random model, scripted
+phase runner standing in for GEPA), then its event files are read back: the `p2o/*` scalars are there,
+and each round's templates are a text entry a person can open in TensorBoard's TEXT tab."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from p2o.train.tracking import TAG, RoundTracking, round_markdown, round_rows
+from tests.tiny_world import TEMPLATE, build_tiny_model, tiny_samples, tiny_task
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@dataclass
+class PhaseResult:
+    templates: dict[str, str]
+    assignments: dict[str, list[str]]
+    stats: dict = field(default_factory=dict)
+
+
+def scripted_phase(config, task, hard_samples, policy, output_dir):
+    """A scripted stand-in for the GEPA phase: two templates, the first for every hard sample, the
+    second (with characters a markdown table must escape) for the first one."""
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    k = config.num_generations
+    ids = [s.sample_id for s in hard_samples]
+    assignments = {sid: ["t0"] * k for sid in ids}
+    assignments[ids[0]] = ["t0", "t1", "t1"][:k]
+    return PhaseResult(
+        {"t0": TEMPLATE, "t1": "a | b\nthen c"},
+        assignments,
+        {"metric_calls": 3, "dev_solved_frac_before": 0.0, "dev_solved_frac_after": 0.5},
+    )
+
+
+def event_data(logdir: Path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    texts: list[tuple[int, str]] = []
+    for events in sorted(logdir.rglob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(events), size_guidance={"scalars": 0, "tensors": 0})
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            scalars.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
+        for tag in acc.Tags()["tensors"]:
+            if tag.startswith(TAG):
+                texts += [(e.step, e.tensor_proto.string_val[0].decode()) for e in acc.Tensors(tag)]
+    return scalars, sorted(texts)
+
+
+def test_tensorboard_gets_the_p2o_scalars_and_each_rounds_templates(tiny_model, tmp_path):
+    pytest.importorskip("tensorboard")
+    from p2o.config import P2OConfig
+    from p2o.tasks.data import to_dataset
+    from p2o.train.trainer import P2OTrainer
+
+    task = tiny_task()
+    args = P2OConfig(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=6,
+        num_generations=3,
+        max_completion_length=4,
+        learning_rate=1e-3,
+        max_steps=4,
+        phase_every_steps=2,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=["tensorboard"],
+        seed=0,
+        min_hard_samples=1,
+        hard_max_successes=1,
+        disable_tqdm=True,
+    )
+    trainer = P2OTrainer(
+        model=str(tiny_model),
+        task=task,
+        args=args,
+        train_dataset=to_dataset(task, tiny_samples()),
+        phase_runner=scripted_phase,
+    )
+    trainer.add_callback(RoundTracking(trainer))
+    trainer.train()
+
+    scalars, texts = event_data(tmp_path / "out")
+    # TRL's logging puts the trainer's metrics under train/; every step logs P²O's own.
+    for name in ("p2o/hard_count", "p2o/templated_frac", "p2o/hard_group_frac", "p2o/phase_seconds"):
+        assert f"train/{name}" in scalars, sorted(scalars)
+    assert [s for s, _ in scalars["train/p2o/hard_count"]] == [1, 2, 3, 4]
+    assert max(v for _, v in scalars["train/p2o/templated_frac"]) > 0  # rounds 2+ generate from templates
+    # One text entry per round, at the round's step, with the round's templates.
+    assert [step for step, _ in texts] == [2, 4]
+    for (step, text), rnd in zip(texts, (1, 2), strict=True):
+        assert text.startswith(f"**Round {rnd}** at step {step}: done;")
+        assert "dev solved 0.0 → 0.5" in text
+        assert f"| r{rnd}:t0 | 4 | {TEMPLATE} |" in text  # all four (hard) samples
+        assert f"| r{rnd}:t1 | 1 | a \\| b<br>then c |" in text
+    rounds = json.loads((tmp_path / "out" / "p2o_state.json").read_text())["rounds"]
+    assert [r["n_templates"] for r in rounds] == [2, 2]
+
+
+def test_round_markdown_says_why_a_round_has_no_templates():
+    skipped = {"round": 3, "global_step": 6, "status": "skipped", "reason": "0 hard < min_hard_samples=1"}
+    assert round_rows(skipped, {"r1:t0": "x"}, {"s0": ["r1:t0"]}) == []
+    assert round_markdown(skipped, []) == "**Round 3** at step 6: skipped (0 hard < min_hard_samples=1)"
+    done = {"round": 1, "global_step": 2, "status": "done", "n_hard": 1, "n_templates": 1, "n_assigned": 1}
+    rows = round_rows(done, {"r1:t0": ""}, {"s0": ["r1:t0", "r1:t0"]})
+    assert rows == [("r1:t0", 1, "")]
+    assert round_markdown(done, rows).endswith("| r1:t0 | 1 | *(empty)* |")
