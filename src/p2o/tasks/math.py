@@ -200,7 +200,8 @@ class MathVerifier:
             2000 characters instead.
         include_gold_in_feedback: state the reference answer in the feedback of wrong answers.
         max_workers: worker processes of the pool this process shares (it grows to the largest
-            value any verifier asks for); default min(4, CPUs).
+            value any verifier asks for); default min(4, CPUs). While requests are slow, up to
+            max(4, 2 × max_workers) extra workers run, one per slow request.
         max_answer_chars / max_nesting: answers longer, or with brackets nested deeper, are
             scored 0 without being parsed.
         cache_size: verdicts of distinct (answer, reference) pairs remembered, timeouts included;
