@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -9,6 +10,12 @@ from typing import Any, TypeVar
 from p2o.tasks.base import Task, Verifier
 
 T = TypeVar("T")
+
+
+class RegistryError(ValueError):
+    """A task or verifier that cannot be found: an unknown name, or a dotted path whose module or
+    attribute does not exist. The message names it and what is known."""
+
 
 _VERIFIERS: dict[str, Callable[..., Verifier]] = {}
 _TASKS: dict[str, Callable[..., Task]] = {}
@@ -53,15 +60,22 @@ def import_object(path: str) -> Any:
     elif "." in path:
         mod_name, attr = path.rsplit(".", 1)
     else:
-        raise ValueError(f"{path!r} is not a dotted path; expected 'package.module:name'")
+        raise RegistryError(f"{path!r} is not a dotted path; expected 'package.module:name'")
     try:
         mod = importlib.import_module(mod_name)
     except ModuleNotFoundError as e:
-        raise ValueError(f"cannot import module {mod_name!r} (from {path!r}): {e}") from e
+        if e.name is None or mod_name == e.name or mod_name.startswith(e.name + "."):
+            raise RegistryError(
+                f"{path!r}: no module named {e.name or mod_name!r}. Check the spelling, install the package, "
+                "or add its folder to PYTHONPATH."
+            ) from e
+        raise RegistryError(
+            f"{path!r}: module {mod_name!r} imports {e.name!r}, which is not installed. Install it."
+        ) from e
     obj = mod
     for part in attr.split("."):
         if not hasattr(obj, part):
-            raise ValueError(f"module {mod_name!r} has no attribute {attr!r} (from {path!r})")
+            raise RegistryError(f"{path!r}: module {mod_name!r} has no attribute {attr!r}")
         obj = getattr(obj, part)
     return obj
 
@@ -79,7 +93,11 @@ def _resolve(kind: str, table: dict[str, Callable[..., T]], name: str, kwargs: d
             return obj  # type: ignore[return-value]
         return obj(**kwargs)
     known = ", ".join(sorted(table)) or "(none)"
-    raise ValueError(f"unknown {kind} {name!r}. Registered: {known}; or give a dotted path 'pkg.mod:fn'.")
+    close = difflib.get_close_matches(name, sorted(table), n=1)
+    hint = f"Did you mean {close[0]!r}? " if close else ""
+    raise RegistryError(
+        f"unknown {kind} {name!r}. {hint}Known {kind}s: {known}; or give a dotted path 'pkg.mod:factory'."
+    )
 
 
 def _looks_like_verifier(obj: Any) -> bool:
