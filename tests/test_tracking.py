@@ -5,6 +5,9 @@ and each round's templates are a text entry a person can open in TensorBoard's T
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,6 +15,8 @@ import pytest
 
 from p2o.train.tracking import TAG, RoundTracking, round_markdown, round_rows
 from tests.tiny_world import TEMPLATE, build_tiny_model, tiny_samples, tiny_task
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -57,15 +62,15 @@ def event_data(logdir: Path):
     return scalars, sorted(texts)
 
 
-def test_tensorboard_gets_the_p2o_scalars_and_each_rounds_templates(tiny_model, tmp_path):
-    pytest.importorskip("tensorboard")
+def train_tiny(tiny_model: Path, out: Path, **kw):
+    """Four steps, a (scripted) phase every two steps, with the round tracker registered."""
     from p2o.config import P2OConfig
     from p2o.tasks.data import to_dataset
     from p2o.train.trainer import P2OTrainer
 
     task = tiny_task()
     args = P2OConfig(
-        output_dir=str(tmp_path / "out"),
+        output_dir=str(out),
         per_device_train_batch_size=6,
         num_generations=3,
         max_completion_length=4,
@@ -74,11 +79,11 @@ def test_tensorboard_gets_the_p2o_scalars_and_each_rounds_templates(tiny_model, 
         phase_every_steps=2,
         logging_steps=1,
         save_strategy="no",
-        report_to=["tensorboard"],
         seed=0,
         min_hard_samples=1,
         hard_max_successes=1,
         disable_tqdm=True,
+        **kw,
     )
     trainer = P2OTrainer(
         model=str(tiny_model),
@@ -89,6 +94,12 @@ def test_tensorboard_gets_the_p2o_scalars_and_each_rounds_templates(tiny_model, 
     )
     trainer.add_callback(RoundTracking(trainer))
     trainer.train()
+    return trainer
+
+
+def test_tensorboard_gets_the_p2o_scalars_and_each_rounds_templates(tiny_model, tmp_path):
+    pytest.importorskip("tensorboard")
+    train_tiny(tiny_model, tmp_path / "out", report_to=["tensorboard"])
 
     scalars, texts = event_data(tmp_path / "out")
     # TRL's logging puts the trainer's metrics under train/; every step logs P²O's own.
@@ -115,3 +126,45 @@ def test_round_markdown_says_why_a_round_has_no_templates():
     rows = round_rows(done, {"r1:t0": ""}, {"s0": ["r1:t0", "r1:t0"]})
     assert rows == [("r1:t0", 1, "")]
     assert round_markdown(done, rows).endswith("| r1:t0 | 1 | *(empty)* |")
+
+
+TRACKIO_RUN = """
+import json, sys
+from pathlib import Path
+from tests.test_tracking import train_tiny
+train_tiny(Path(sys.argv[1]), Path(sys.argv[2]), report_to=["trackio"], project="p2o-test", run_name="tiny")
+from trackio.sqlite_storage import SQLiteStorage
+print(json.dumps(SQLiteStorage.get_logs("p2o-test", "tiny")))
+"""
+
+
+def test_trackio_local_gets_the_p2o_scalars_and_each_rounds_templates(tiny_model, tmp_path):
+    """trackio in its local mode (no Space: a SQLite file under $TRACKIO_DIR), in a process of its own
+    because trackio reads TRACKIO_DIR once, on import. Skipped without trackio (the `track` extra), which
+    `make test` does not install: it needs pillow < 13."""
+    pytest.importorskip("trackio")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRACKIO_")}
+    env["TRACKIO_DIR"] = str(tmp_path / "trackio")
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
+    out = subprocess.run(
+        [sys.executable, "-c", TRACKIO_RUN, str(tiny_model), str(tmp_path / "out")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (tmp_path / "trackio" / "p2o-test.db").is_file()
+    logs = json.loads(out.stdout.strip().splitlines()[-1])
+    keys = {k for row in logs for k in row}
+    for name in ("p2o/hard_count", "p2o/templated_frac", "p2o/phase_seconds"):
+        assert f"train/{name}" in keys, sorted(keys)
+    tables = [row[TAG] for row in logs if TAG in row]
+    assert [row["train/global_step"] for row in logs if TAG in row] == [2, 4]  # one per round
+    for rnd, table in enumerate(tables, 1):
+        rows = table["_value"]
+        assert {(r["round"], r["template"], r["samples"]) for r in rows} == {
+            (rnd, f"r{rnd}:t0", 4),
+            (rnd, f"r{rnd}:t1", 1),
+        }
+        assert TEMPLATE in {r["text"] for r in rows}

@@ -8,8 +8,8 @@ after — is text, so `RoundTracking` writes it when the trainer reports a round
 - **tensorboard**: a markdown table under the text tag `p2o/round_templates`, at the round's
   global step, through the `SummaryWriter` of transformers' `TensorBoardCallback` (so it lands in
   the same run as the scalars: TensorBoard's TEXT tab);
-- **trackio**: a table `p2o/round_templates` (round, template id, samples, text), as TRL logs its
-  completions table.
+- **trackio**: a table `p2o/round_templates` (round, template id, samples, text) with
+  `train/global_step`, as TRL logs its completions table.
 
 The same rows are in `output_dir/rounds/round-NNN/round.json` and `p2o_state.json` for any tracker.
 """
@@ -95,4 +95,5 @@ class RoundTracking(TrainerCallback):
             [{"round": record["round"], "template": t, "samples": n, "text": text} for t, n, text in rows],
             columns=["round", "template", "samples", "text"],
         )
-        trackio.log({TAG: trackio.Table(dataframe=frame)})
+        # As transformers' TrackioCallback logs: its own step counter, the trainer's step alongside.
+        trackio.log({TAG: trackio.Table(dataframe=frame), "train/global_step": record["global_step"]})
