@@ -3,9 +3,13 @@
 Field names are configurable (DeepScaleR: problem/answer; DeepMath-103K: question/final_answer;
 MATH-500: problem/answer) and guessed from common names when not given. Every sample gets a stable
 `sample_id`: the id column when one is named, else a hash of the problem text, so ids survive
-re-ordering and subsetting. A row with a missing or empty problem or answer raises `DataError`
-naming the file, row and field — or, with `skip_bad_rows=True`, is skipped and counted in the
-result. Never silently.
+re-ordering and subsetting.
+
+Bad rows — a line that is not UTF-8 or not a JSON object, a missing or empty problem or answer, a
+problem longer than `max_problem_chars` — raise `DataError` naming the file, the line (.jsonl) or
+row (1-based, as editors count) and the field; with `skip_bad_rows=True` they are skipped and
+counted in the result instead. Rows repeating an earlier row's problem are counted and reported
+(`LoadResult.notes`), and dropped with `drop_duplicates=True`. Never silently.
 """
 
 from __future__ import annotations
@@ -25,6 +29,9 @@ from p2o.tasks.base import Sample, Task
 PROBLEM_FIELDS = ("problem", "question", "prompt")
 ANSWER_FIELDS = ("answer", "final_answer")
 LOCAL_SUFFIXES = (".json", ".jsonl", ".parquet")
+# A problem longer than this is almost surely a broken row (a whole document in one field); a
+# prompt that long would also exhaust a GPU's memory on the first step. 0 or None: no limit.
+DEFAULT_MAX_PROBLEM_CHARS = 20_000
 
 
 class DataError(ValueError):
@@ -33,9 +40,13 @@ class DataError(ValueError):
 
 @dataclass
 class SkippedRow:
-    row: int
-    field: str
+    row: int  # 1-based: the line of a .jsonl file, else the row's position
+    field: str  # the field at fault; "" when the row could not be read at all
     reason: str
+    where: str = ""  # "line 7" or "row 7"
+
+    def describe(self) -> str:
+        return f"{self.where}: " + (f"field {self.field!r} is {self.reason}" if self.field else self.reason)
 
 
 @dataclass
@@ -46,19 +57,50 @@ class LoadResult:
     answer_field: str
     skipped: list[SkippedRow] = field(default_factory=list)
     total_rows: int = 0
+    duplicates: int = 0  # rows whose problem repeats an earlier row's
+    duplicates_dropped: bool = False
+    notes: list[str] = field(default_factory=list)  # warnings for the user, one line each
 
     def summary(self) -> str:
         s = f"{self.source}: {len(self.samples)} samples from {self.total_rows} rows"
         if self.skipped:
-            s += f", {len(self.skipped)} bad rows skipped"
+            s += f", {len(self.skipped)} bad rows skipped (first: {self.skipped[0].describe()})"
+        if self.duplicates:
+            s += f", {self.duplicates} duplicate rows {'dropped' if self.duplicates_dropped else 'kept'}"
         return s
+
+
+@dataclass
+class _Row:
+    """One row as read, with where it is; `data` is None when it could not be read (`error` says why)."""
+
+    number: int
+    where: str
+    data: dict[str, Any] | None
+    error: str = ""
 
 
 # ---------------------------------------------------------------- reading rows
 
 
-def _iter_json(path: Path) -> Iterator[dict[str, Any]]:
-    text = path.read_text(encoding="utf-8")
+def _undecodable(e: UnicodeDecodeError, data: bytes) -> str:
+    column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+    return f"not valid UTF-8 (byte 0x{data[e.start]:02x} at column {column})"
+
+
+def _iter_json(path: Path) -> Iterator[_Row]:
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if raw.lstrip()[:1] == b"{" and b"\n" in raw.strip():
+            yield from _iter_jsonl(path)  # JSON Lines named .json: a bad line can be skipped
+            return
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise DataError(
+            f"{path} line {line}: {_undecodable(e, raw)}. Re-save the file as UTF-8 (or as JSON Lines, "
+            "where --skip_bad_rows can skip such lines)."
+        ) from e
     try:
         data = json.loads(text)
     except json.JSONDecodeError:
@@ -75,38 +117,47 @@ def _iter_json(path: Path) -> Iterator[dict[str, Any]]:
             raise DataError(f"{path}: expected a JSON list of objects (or {{'data': [...]}}), got an object")
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON list of objects, got {type(data).__name__}")
-    for i, row in enumerate(data):
-        if not isinstance(row, dict):
-            raise DataError(f"{path} row {i}: expected an object, got {type(row).__name__}")
-        yield row
+    for i, row in enumerate(data, start=1):
+        if isinstance(row, dict):
+            yield _Row(i, f"row {i}", row)
+        else:
+            yield _Row(i, f"row {i}", None, f"expected a JSON object, got {type(row).__name__}")
 
 
-def _iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
+def _iter_jsonl(path: Path) -> Iterator[_Row]:
+    """Rows of a JSON Lines file, numbered by line (1-based, blank lines counted); a line that is
+    not UTF-8, not JSON or not an object comes back with `data` None and the reason."""
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            where = f"line {lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield _Row(lineno, where, None, _undecodable(e, raw))
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(
-                    f"{path} line {lineno}: invalid JSON ({e.msg}). Fix or remove that line."
-                ) from e
-            if not isinstance(row, dict):
-                raise DataError(f"{path} line {lineno}: expected a JSON object, got {type(row).__name__}")
-            yield row
+                yield _Row(lineno, where, None, f"invalid JSON ({e.msg} at column {e.colno})")
+                continue
+            if isinstance(row, dict):
+                yield _Row(lineno, where, row)
+            else:
+                yield _Row(lineno, where, None, f"expected a JSON object, got {type(row).__name__}")
 
 
-def _iter_parquet(path: Path) -> Iterator[dict[str, Any]]:
+def _iter_parquet(path: Path) -> Iterator[_Row]:
     import pyarrow.parquet as pq
 
-    yield from pq.read_table(path).to_pylist()
+    for i, row in enumerate(pq.read_table(path).to_pylist(), start=1):
+        yield _Row(i, f"row {i}", row)
 
 
-def read_rows(
+def _read_located(
     source: str, split: str = "train", config_name: str | None = None
-) -> tuple[list[dict[str, Any]], str]:
-    """All rows of a local file or hub dataset, and a display name for errors."""
+) -> tuple[list[_Row], str]:
     path = Path(source).expanduser()
     if path.suffix.lower() in LOCAL_SUFFIXES or path.exists():
         if not path.exists():
@@ -125,7 +176,26 @@ def read_rows(
             f"could not load hub dataset {source!r} (config={config_name!r}, split={split!r}): {e}. "
             "Offline? Pass a local .json/.jsonl/.parquet file instead."
         ) from e
-    return [dict(r) for r in ds], f"{source}[{split}]"
+    return [_Row(i, f"row {i}", dict(r)) for i, r in enumerate(ds, start=1)], f"{source}[{split}]"
+
+
+def _unreadable(name: str, row: _Row) -> DataError:
+    return DataError(
+        f"{name} {row.where}: {row.error}. Fix or remove that line, or pass --skip_bad_rows to skip and "
+        "count such rows."
+    )
+
+
+def read_rows(
+    source: str, split: str = "train", config_name: str | None = None
+) -> tuple[list[dict[str, Any]], str]:
+    """All rows of a local file or hub dataset, and a display name for errors. A row that cannot be
+    read raises `DataError` naming its line."""
+    located, name = _read_located(source, split, config_name)
+    for row in located:
+        if row.data is None:
+            raise _unreadable(name, row)
+    return [row.data for row in located if row.data is not None], name
 
 
 # ---------------------------------------------------------------- filters
@@ -212,17 +282,22 @@ def load_samples(
     seed: int = 42,
     skip_bad_rows: bool = False,
     id_prefix: str = "",
+    drop_duplicates: bool = False,
+    max_problem_chars: int | None = DEFAULT_MAX_PROBLEM_CHARS,
 ) -> LoadResult:
     """Load `Sample`s from a hub id or a local .json/.jsonl/.parquet file.
 
     Rows are filtered (`"field>=7"` expressions), checked, then — with `max_samples` — a seeded random
-    subset is taken (kept in file order). Row numbers in errors are 0-based positions in the source
-    (for .jsonl, the error from reading names the line).
+    subset is taken (kept in file order). Errors name the line of a .jsonl file and the row of any
+    other source, both 1-based; `meta["row"]` is that number.
     """
-    rows, name = read_rows(source, split=split, config_name=config_name)
-    if not rows:
+    located, name = _read_located(source, split=split, config_name=config_name)
+    if not located:
         raise DataError(f"{name}: no rows")
-    columns = set().union(*(r.keys() for r in rows[:100]))
+    readable = [r.data for r in located if r.data is not None]
+    if not readable and not skip_bad_rows:
+        raise _unreadable(name, located[0])
+    columns = set().union(*(r.keys() for r in readable[:100]))
     pf = problem_field or _guess(PROBLEM_FIELDS, columns, "problem", name, "problem_field")
     af = answer_field or _guess(ANSWER_FIELDS, columns, "answer", name, "answer_field")
     if id_field and id_field not in columns:
@@ -232,30 +307,55 @@ def load_samples(
     samples: list[Sample] = []
     skipped: list[SkippedRow] = []
     seen: dict[str, int] = {}
-    for i, row in enumerate(rows):
+    first_of: dict[str, tuple[_Row, str]] = {}  # normalised problem -> its first row and answer
+    duplicates: list[tuple[_Row, _Row, bool]] = []  # (row, the earlier row it repeats, same answer?)
+    for r in located:
+        if r.data is None:
+            bad = SkippedRow(r.number, "", r.error, r.where)
+            if not skip_bad_rows:
+                raise _unreadable(name, r)
+            skipped.append(bad)
+            continue
+        row = r.data
         if parsed_filters and not _passes(row, parsed_filters):
             continue
         bad = None
         for fname in (pf, af):
             if fname not in row:
-                bad = SkippedRow(i, fname, "missing")
+                bad = SkippedRow(r.number, fname, "missing", r.where)
             elif not _text(row[fname]):
-                bad = SkippedRow(i, fname, "empty")
+                bad = SkippedRow(r.number, fname, "empty", r.where)
             if bad:
                 break
+        advice = (
+            "Fix the row, map the right column with --problem_field/--answer_field, or pass --skip_bad_rows "
+            "to skip and count such rows."
+        )
+        if not bad and max_problem_chars and len(_text(row[pf])) > max_problem_chars:
+            reason = f"{len(_text(row[pf]))} characters long, more than max_problem_chars={max_problem_chars}"
+            bad = SkippedRow(r.number, pf, reason, r.where)
+            advice = (
+                "Shorten or remove the row, raise --max_problem_chars, or pass --skip_bad_rows to skip and "
+                "count such rows."
+            )
         if bad:
             if not skip_bad_rows:
-                raise DataError(
-                    f"{name} row {bad.row}: field {bad.field!r} is {bad.reason}. Fix the row, map the right "
-                    "column with --problem_field/--answer_field, or pass --skip_bad_rows to skip and count such rows."
-                )
+                raise DataError(f"{name} {bad.describe()}. {advice}")
             skipped.append(bad)
             continue
         problem, answer = _text(row[pf]), _text(row[af])
+        key = " ".join(problem.split())
+        if key in first_of:
+            first, first_answer = first_of[key]
+            duplicates.append((r, first, answer == first_answer))
+            if drop_duplicates:
+                continue
+        else:
+            first_of[key] = (r, answer)
         if id_field:
             sid = _text(row.get(id_field))
             if not sid:
-                raise DataError(f"{name} row {i}: id field {id_field!r} is missing or empty")
+                raise DataError(f"{name} {r.where}: id field {id_field!r} is missing or empty")
         else:
             sid = stable_id(problem, id_prefix)
         if sid in seen:
@@ -264,13 +364,32 @@ def load_samples(
         else:
             seen[sid] = 1
         meta = {k: v for k, v in row.items() if k not in (pf, af)}
-        meta["row"] = i
+        meta["row"] = r.number
         samples.append(Sample(sample_id=sid, problem=problem, answer=answer, meta=meta))
 
     if max_samples is not None and max_samples < len(samples):
         keep = sorted(random.Random(seed).sample(range(len(samples)), max_samples))
         samples = [samples[k] for k in keep]
-    return LoadResult(samples, name, pf, af, skipped, total_rows=len(rows))
+    result = LoadResult(samples, name, pf, af, skipped, total_rows=len(located))
+    if duplicates:
+        row, first, same = duplicates[0]
+        differs = "" if same else " with a different answer"
+        result.duplicates = len(duplicates)
+        result.duplicates_dropped = drop_duplicates
+        result.notes.append(
+            f"{name}: {len(duplicates)} rows repeat an earlier row's problem (first: {row.where} repeats "
+            f"{first.where}{differs}); "
+            + (
+                "dropped (--drop_duplicates)."
+                if drop_duplicates
+                else "kept, so they weigh double; pass --drop_duplicates to drop them."
+            )
+        )
+    if skipped:
+        result.notes.append(
+            f"{name}: {len(skipped)} bad rows skipped (--skip_bad_rows); first: {skipped[0].describe()}"
+        )
+    return result
 
 
 def task_samples(
@@ -321,7 +440,10 @@ def read_hard_samples(path: str | Path, known: dict[str, Sample] | None = None) 
     if not path.exists():
         raise DataError(f"hard-sample file {path} does not exist")
     out: list[Sample] = []
-    for lineno, row in enumerate(_iter_jsonl(path), start=1):
+    for located in _iter_jsonl(path):
+        if located.data is None:
+            raise DataError(f"{path} {located.where}: {located.error}. Fix or remove that line.")
+        row, lineno = located.data, located.number
         sid = _text(row.get("sample_id"))
         if not sid:
             raise DataError(f"{path} line {lineno}: field 'sample_id' is missing or empty")
