@@ -72,7 +72,9 @@ def test_unknown_names_list_where_they_were_looked_for(elsewhere):
     from p2o.evaluation.benchmarks import BenchmarkError, list_benchmarks, load_benchmark
     from p2o.templates import ProgramError, list_programs, load_program
 
-    with pytest.raises(ProgramError, match=r"no nope\.py in .*elsewhere/programs, .*programs\. Known: math_cot"):
+    with pytest.raises(
+        ProgramError, match=r"no nope\.py in .*elsewhere/programs, .*programs\. Known: math_cot"
+    ):
         load_program("nope")
     with pytest.raises(BenchmarkError, match="Known: aime24, aime25"):
         load_benchmark("nope")
@@ -107,7 +109,7 @@ def test_an_ambiguous_bare_recipe_name_is_refused(elsewhere):
     for sub in ("a", "b"):
         (elsewhere / "configs" / sub).mkdir(parents=True)
         (elsewhere / "configs" / sub / "run.yaml").write_text("task: toy\n")
-    with pytest.raises(ResourceError, match="ambiguous .*a/run, b/run"):
+    with pytest.raises(ResourceError, match=r"ambiguous .*a/run, b/run"):
         find_recipe("run")
     assert find_recipe("b/run") == elsewhere / "configs" / "b" / "run.yaml"
 
@@ -116,7 +118,9 @@ def test_train_config_takes_a_packaged_recipe_from_any_directory(elsewhere, caps
     from p2o.config import ConfigError, parse_config
     from p2o.train.cli import main
 
-    script_args, config = parse_config(["--config", "paper/deepscaler_p2o_teacher", "--learning_rate", "2e-6"])
+    script_args, config = parse_config(
+        ["--config", "paper/deepscaler_p2o_teacher", "--learning_rate", "2e-6"]
+    )
     assert script_args.dataset == "data/deepscaler/train_5k.jsonl" and config.learning_rate == 2e-6
     _, config = parse_config(["--config=toy_p2o.yaml"])  # TRL reads only `--config FILE`; both work
     assert config.reflection == "toy-teacher"
