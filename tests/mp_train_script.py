@@ -1,6 +1,9 @@
 """Run under `accelerate launch --num_processes 2 --cpu`: a tiny P²O run whose phase (a scripted
 stand-in that assigns two templates per hard sample) runs on the main process only. Each rank writes
-what it holds so the test can compare ranks."""
+what it holds so the test can compare ranks.
+
+`mp_train_script.py MODEL OUT [PHASE_SECONDS DDP_TIMEOUT]`: the phase sleeps PHASE_SECONDS, with
+collectives timing out after DDP_TIMEOUT seconds (a phase longer than the collective timeout)."""
 
 from __future__ import annotations
 
@@ -22,15 +25,35 @@ class Result:
     stats: dict = field(default_factory=dict)
 
 
+PHASE_SECONDS = 0.0
+
+
 def scripted_phase(config, task, hard_samples, policy, output_dir):
+    import time
+
     import torch.distributed as dist
 
     assert not dist.is_initialized() or dist.get_rank() == 0, "the phase must run on the main process only"
+    time.sleep(PHASE_SECONDS)
     return Result({"a": "HINT", "b": "think"}, {s.sample_id: ["a", "b"] for s in hard_samples})
 
 
-def main(model: str, out: str) -> None:
+def main(
+    model: str, out: str, phase_seconds: float = 0.0, ddp_timeout: int = 1800, poll: float = 1.0
+) -> None:
+    global PHASE_SECONDS
+    PHASE_SECONDS = phase_seconds
+    if ddp_timeout != 1800:
+        # transformers passes ddp_timeout to the process group on GPU only; on CPU the group is made
+        # here, with the short timeout, and accelerate adopts it.
+        import datetime
+
+        import torch.distributed as dist
+
+        dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=ddp_timeout))
     cfg = P2OConfig(
+        ddp_timeout=ddp_timeout,
+        phase_wait_poll_seconds=poll,
         output_dir=out,
         per_device_train_batch_size=3,
         num_generations=2,
@@ -78,4 +101,5 @@ def main(model: str, out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    extra = sys.argv[3:]
+    main(sys.argv[1], sys.argv[2], *(float(extra[0]), int(extra[1]), *map(float, extra[2:])) if extra else ())

@@ -20,17 +20,34 @@ from tests.tiny_world import build_tiny_model
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow
-def test_two_processes_agree_on_hard_samples_and_assignments(tmp_path):
-    model = build_tiny_model(tmp_path / "model")
-    out = tmp_path / "run"
+def launch_two(model: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
     cmd = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-        str(ROOT / "tests/mp_train_script.py"), str(model), str(out),
+        str(ROOT / "tests/mp_train_script.py"), str(model), str(out), *extra,
     ]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_a_phase_longer_than_the_collective_timeout_does_not_kill_the_waiting_rank(tmp_path):
+    """Collectives time out after 4 s (ddp_timeout); each phase lasts 9 s. The waiting rank sits in
+    1-second heartbeat collectives (phase_wait_poll_seconds), never in one as long as the phase."""
+    model = build_tiny_model(tmp_path / "model")
+    out = tmp_path / "run"
+    proc = launch_two(model, out, "9", "4")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    r0, r1 = (json.loads((out / f"rank-{i}.json").read_text()) for i in range(2))
+    assert r0["world"] == 2 and r0["assignments"] and r0["assignments"] == r1["assignments"]
+    assert len(r0["rounds"]) == 2  # both phases (steps 2 and 4) ran and reached both ranks
+
+
+@pytest.mark.slow
+def test_two_processes_agree_on_hard_samples_and_assignments(tmp_path):
+    model = build_tiny_model(tmp_path / "model")
+    out = tmp_path / "run"
+    proc = launch_two(model, out)
     assert proc.returncode == 0, proc.stderr[-4000:]
     r0, r1 = (json.loads((out / f"rank-{i}.json").read_text()) for i in range(2))
     assert r0["world"] == 2

@@ -31,6 +31,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "p2o.tasks.prep",
         "Prepare training / held-out subsets (DeepScaleR, DeepMath) from a hub id or file.",
     ),
+    "rehearse": (
+        "p2o.rehearse.cli",
+        "Rehearse the paper's recipes end to end on CPU with stand-ins (hub model, data, teacher).",
+    ),
 }
 
 

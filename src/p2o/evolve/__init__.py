@@ -12,7 +12,14 @@ from p2o.evolve.assign import assign_templates, greedy_set_cover, solved_sets
 from p2o.evolve.mining import mine_hard_samples
 from p2o.evolve.phase import PhaseError, PhaseResult, run_phase, split_hard_samples
 from p2o.evolve.proposals import REJECTION_REASONS, contains_answer, validate_proposal
-from p2o.evolve.reflection import ReflectionError, ReflectionReply, Reflector, as_reflector, make_reflector
+from p2o.evolve.reflection import (
+    ReflectionError,
+    ReflectionReply,
+    Reflector,
+    as_reflector,
+    make_reflector,
+    reflector_from_config,
+)
 
 __all__ = [
     "REJECTION_REASONS",
@@ -27,6 +34,7 @@ __all__ = [
     "greedy_set_cover",
     "make_reflector",
     "mine_hard_samples",
+    "reflector_from_config",
     "run_phase",
     "solved_sets",
     "split_hard_samples",

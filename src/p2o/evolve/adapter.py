@@ -7,10 +7,15 @@
   sample), and scores each completion with the task's verifier; an item's score is the mean over its
   samples. Requests run concurrently (`num_threads`). One failed request scores its sample 0 with the
   reason; a server that is down raises `PolicyServerError` and stops the phase.
-- `make_reflective_dataset` shows the reflection model, per sample, the problem, the policy's
-  output, and feedback: the verifier's verdict and, unless `include_gold=False`, the gold answer.
+- `make_reflective_dataset` shows the reflection model, per sample, the full original prompt x, the
+  policy's whole output, and feedback: the verifier's verdict and, unless `include_gold=False`, the
+  gold answer. Outputs are cut (in the middle, the cut marked) only when the reflection prompt would
+  not fit `max_input_tokens`, as the authors cut only to fit the reflection model's context.
 - `propose_new_texts` renders the user's meta-prompt file, calls the reflection model, and validates
-  the reply (`p2o.evolve.proposals`) before it can become a candidate.
+  the reply (`p2o.evolve.proposals`) before it can become a candidate. gepa catches every exception
+  raised there, so a reflection model that cannot work is recorded in `fatal` (a configuration
+  error at once; passing errors after `MAX_CONSECUTIVE_REFLECTION_ERRORS` in a row) and the phase's
+  stop condition ends GEPA's loop on it.
 
 A (template, sample) pair is rolled out once per phase: GEPA re-scores a parent on its minibatch every
 iteration, and re-scores the seed on resume; those reuse the stored rollouts (`evaluations.jsonl`)
@@ -35,7 +40,7 @@ from typing import Any
 from gepa.core.adapter import EvaluationBatch
 
 from p2o.evolve.proposals import validate_proposal
-from p2o.evolve.reflection import ReflectionError, Reflector
+from p2o.evolve.reflection import ReflectionError, Reflector, TransientReflectionError
 from p2o.policy import PolicyClient, PolicyRequestError, PolicyServerError
 from p2o.tasks.base import Sample, Task
 from p2o.templates.meta_prompts import MetaPrompt
@@ -43,8 +48,9 @@ from p2o.templates.programs import TemplateAdapter, TemplateProgram
 
 # Reflection calls that fail in a row before the phase stops (a model that never answers).
 MAX_CONSECUTIVE_REFLECTION_ERRORS = 3
-# Characters of a policy output shown to the reflection model (head and tail kept).
-OUTPUT_CHARS = 3000
+# Characters per token when sizing a reflection prompt without the reflection model's tokenizer:
+# an underestimate for English and LaTeX (≈ 3.5–4.5), so a prompt sized this way fits.
+CHARS_PER_TOKEN = 3
 
 
 def template_hash(text: str) -> str:
@@ -107,16 +113,48 @@ class AdapterCounters:
     reflection_calls: int = 0
     reflection_prompt_tokens: int = 0
     reflection_completion_tokens: int = 0
+    reflection_cost_usd: float = 0.0  # the teacher's price as LiteLLM knows it
+    reflection_cost_known: bool = True  # False once a reply came without a known price
+    reflection_errors: int = 0
+    outputs_cut: int = 0  # outputs shortened to fit the reflection model's context
     proposals_valid: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0  # phase seconds of earlier (interrupted) runs
 
 
-def _clip(text: str, n: int = OUTPUT_CHARS) -> str:
-    if len(text) <= n:
+def prompt_text(messages: Sequence[Mapping[str, Any]]) -> str:
+    """The prompt x as the reflection model reads it: the user content, or every turn labelled."""
+    if len(messages) == 1:
+        return str(messages[0].get("content", ""))
+    return "\n\n".join(f"[{m.get('role')}]\n{m.get('content', '')}" for m in messages)
+
+
+def cut_middle(text: str, keep: int) -> str:
+    """`text` with its middle cut out so that `keep` characters remain, the cut marked."""
+    if len(text) <= keep:
         return text
-    half = n // 2
-    return text[:half] + f"\n[... {len(text) - n} characters omitted ...]\n" + text[-half:]
+    head = keep // 2
+    tail = keep - head
+    marker = f"\n[... {len(text) - keep} characters cut here to fit the reflection model's context ...]\n"
+    return text[:head] + marker + (text[-tail:] if tail else "")
+
+
+def fit_outputs(lengths: list[int], excess: int) -> list[int]:
+    """New lengths that remove `excess` characters, taking from the longest outputs first (the
+    shortest stay whole); every output keeps at least 200 characters where it had them."""
+    floor = 200
+    out = list(lengths)
+    while excess > 0:
+        top = max(out) if out else 0
+        if top <= floor:
+            break
+        tops = [i for i, n in enumerate(out) if n == top]
+        second = max([n for n in out if n < top] + [floor])
+        step = min(top - second, -(-excess // len(tops)))
+        for i in tops:
+            out[i] -= step
+        excess -= step * len(tops)
+    return out
 
 
 def _mask(text: str, answer: str) -> str:
@@ -143,6 +181,7 @@ class PolicyTemplateAdapter:
         num_threads: int = 8,
         include_gold: bool = True,
         proposal_max_chars: int = 4000,
+        max_input_tokens: int = 30000,
         store: EvaluationStore | None = None,
         log_dir: Path | None = None,
         on_item: Callable[[int], None] | None = None,
@@ -157,6 +196,8 @@ class PolicyTemplateAdapter:
         self.max_tokens = max_tokens
         self.include_gold = include_gold
         self.proposal_max_chars = proposal_max_chars
+        self.max_input_tokens = max_input_tokens
+        self.fatal: Exception | None = None  # a reflection model that cannot work: the phase stops
         self.store = store if store is not None else EvaluationStore(None)
         self.log_dir = log_dir
         self.on_item = on_item
@@ -306,14 +347,33 @@ class PolicyTemplateAdapter:
             output = result.completions[0] if result.completions else ""
             records.append(
                 {
-                    "Inputs": {self.program.input_field: sample.problem},
-                    "Generated Outputs": _clip(output) if output.strip() else "(empty output)",
+                    "Inputs": {
+                        self.program.input_field: prompt_text(self.task.build_messages(sample.problem))
+                    },
+                    "Generated Outputs": output if output.strip() else "(empty output)",
                     "Feedback": self.feedback(sample, result),
                 }
             )
             answers.append(sample.answer)
         self._shown[template_hash(candidate[self.component])] = answers
         return {name: records for name in components_to_update}
+
+    def fit_prompt(self, current: str, records: list[Mapping[str, Any]]) -> str:
+        """The reflection prompt, whole when it fits `max_input_tokens`; else the longest policy
+        outputs are cut in the middle (marked) until it fits."""
+        prompt = self.meta_prompt.render(current, records)
+        budget = self.max_input_tokens * CHARS_PER_TOKEN
+        if len(prompt) <= budget:
+            return prompt
+        outputs = [str(r.get("Generated Outputs", "")) for r in records]
+        keep = fit_outputs([len(o) for o in outputs], len(prompt) - budget + 200 * len(records))
+        cut = [dict(r) for r in records]
+        for r, o, n in zip(cut, outputs, keep, strict=True):
+            if n < len(o):
+                r["Generated Outputs"] = cut_middle(o, n)
+                with self._lock:
+                    self.counters.outputs_cut += 1
+        return self.meta_prompt.render(current, cut)
 
     def _log_proposal(self, row: dict[str, Any]) -> None:
         if self.log_dir is None:
@@ -339,15 +399,17 @@ class PolicyTemplateAdapter:
                 continue
             current = candidate[name]
             answers = self._shown.pop(template_hash(current), [])
-            prompt = self.meta_prompt.render(current, records)
+            prompt = self.fit_prompt(current, records)
             start = time.time()
             self.counters.reflection_calls += 1
             try:
                 reply = self.reflector(prompt)
-            except (PolicyServerError, ReflectionError):
+            except (PolicyServerError, ReflectionError) as e:
+                self.fatal = e  # gepa swallows what this method raises: the stop condition reads it
                 raise
             except Exception as e:  # one failed call: count it, let GEPA move on
                 self._reject("reflection_error")
+                self.counters.reflection_errors += 1
                 self._consecutive_reflection_errors += 1
                 self._log_proposal(
                     {
@@ -358,14 +420,20 @@ class PolicyTemplateAdapter:
                     }
                 )
                 if self._consecutive_reflection_errors >= MAX_CONSECUTIVE_REFLECTION_ERRORS:
-                    raise ReflectionError(
+                    self.fatal = ReflectionError(
                         f"the reflection model ({self.reflector.name}) failed {self._consecutive_reflection_errors} "
-                        f"times in a row; last error: {type(e).__name__}: {str(e)[:300]}"
-                    ) from e
+                        f"times in a row; last error: {type(e).__name__}: {str(e)[:300]}",
+                        fatal=not isinstance(e, TransientReflectionError | PolicyRequestError),
+                    )
+                    raise self.fatal from e
                 continue
             self._consecutive_reflection_errors = 0
             self.counters.reflection_prompt_tokens += reply.prompt_tokens
             self.counters.reflection_completion_tokens += reply.completion_tokens
+            if reply.cost_usd is None:  # no price: a self-hosted teacher, the policy, a script
+                self.counters.reflection_cost_known = False
+            else:
+                self.counters.reflection_cost_usd += reply.cost_usd
             check = validate_proposal(
                 reply.text,
                 current=current,
@@ -432,9 +500,15 @@ class PolicyTemplateAdapter:
             "reflection_calls",
             "reflection_prompt_tokens",
             "reflection_completion_tokens",
+            "reflection_cost_usd",
+            "reflection_errors",
+            "outputs_cut",
             "proposals_valid",
         ):
             setattr(current, key, saved.get(key, 0) + getattr(current, key))
+        current.reflection_cost_known = bool(saved.get("reflection_cost_known", True)) and (
+            current.reflection_cost_known
+        )
         merged = Counter(saved.get("rejected") or {})
         merged.update(current.rejected)
         current.rejected = dict(merged)

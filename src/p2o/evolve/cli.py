@@ -150,15 +150,16 @@ def run(argv: list[str]) -> int:
     from p2o.templates.meta_prompts import load_meta_prompt
     from p2o.templates.programs import load_program
 
-    task = get_task(script_args.task)
+    task = get_task(script_args.task, **(script_args.task_kwargs or {}))
+    if config.chat_template_kwargs is None and task.chat_template_kwargs:
+        config.chat_template_kwargs = dict(task.chat_template_kwargs)  # e.g. enable_thinking: false
     program = load_program(config.program)
     meta_prompt = load_meta_prompt(config.meta_prompt)
     if config.reflection.startswith("teacher:"):
-        from p2o.evolve.reflection import LiteLLMReflector, ReflectionError
+        from p2o.evolve.reflection import ReflectionError, reflector_from_config
 
-        teacher = LiteLLMReflector(config.reflection[len("teacher:") :], temperature=0.0, max_tokens=1)
         try:
-            teacher.check_environment()
+            reflector_from_config(config)  # a missing key is named here, before any model is loaded
         except ReflectionError as e:
             _say(f"error: {e}")
             return 1

@@ -36,9 +36,11 @@ assigned (it is no template); proposals are validated before GEPA may adopt them
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import random
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -48,7 +50,7 @@ from typing import Any
 from p2o.evolve.adapter import EvaluationStore, PolicyTemplateAdapter, template_hash
 from p2o.evolve.assign import assign_templates, greedy_set_cover, mean_scores, solved_sets
 from p2o.evolve.proposals import REJECTION_REASONS
-from p2o.evolve.reflection import ReflectionError, Reflector, as_reflector, make_reflector
+from p2o.evolve.reflection import ReflectionError, Reflector, as_reflector, reflector_from_config
 from p2o.policy import PolicyServerError, RemotePolicy
 from p2o.tasks.base import Sample, Task
 from p2o.templates.meta_prompts import load_meta_prompt
@@ -155,17 +157,39 @@ class _Progress:
         self.bar.close()
 
 
+def weights_digest(path: Path, chunks: int = 64, chunk_bytes: int = 1 << 16) -> str:
+    """A digest of a weights file's content (its size and `chunks` evenly spread samples): equal for
+    the same weights saved again (file times differ), different for weights a step changed, and fast
+    on a multi-GB file."""
+    size = path.stat().st_size
+    h = hashlib.sha1(str(size).encode())
+    with path.open("rb") as f:
+        step = max(1, size // chunks)
+        for offset in range(0, size, step):
+            f.seek(offset)
+            h.update(f.read(chunk_bytes))
+    return h.hexdigest()
+
+
 def _checkpoint_fingerprint(policy: Any) -> dict[str, Any]:
     name = str(policy.model_name)
     p = Path(name)
     out: dict[str, Any] = {"model": name}
     if p.is_dir():
         out["weights"] = sorted(
-            [f.name, f.stat().st_size, f.stat().st_mtime_ns]
-            for f in p.iterdir()
-            if f.suffix in (".safetensors", ".bin", ".pt")
+            [f.name, weights_digest(f)] for f in p.iterdir() if f.suffix in (".safetensors", ".bin", ".pt")
         )
     return out
+
+
+def _set_aside(output_dir: Path, why: str) -> Path:
+    """Move an interrupted phase's outputs out of the way (kept for inspection, never reused)."""
+    n = 1
+    while (aside := output_dir.with_name(f"{output_dir.name}.stale-{n}")).exists():
+        n += 1
+    output_dir.rename(aside)
+    (aside / "STALE.txt").write_text(why + "\n", encoding="utf-8")
+    return aside
 
 
 def _check_resume(run_dir: Path, manifest: dict[str, Any]) -> bool:
@@ -198,19 +222,21 @@ def _saved_result(run_dir: Path):
 
 
 def _reflector(
-    config: Any, reflection_lm: Any, policy: Any, initial_model: Any, log_dir: Path
+    config: Any,
+    reflection_lm: Any,
+    policy: Any,
+    initial_model: Any,
+    log_dir: Path,
+    chat_template_kwargs: dict[str, Any],
 ) -> tuple[Reflector, bool]:
     if reflection_lm is not None:
         return as_reflector(reflection_lm), False
-    reflector = make_reflector(
-        config.reflection,
-        temperature=config.reflection_temperature,
-        max_tokens=config.reflection_max_tokens,
+    reflector = reflector_from_config(
+        config,
         policy=policy,
         initial_model=initial_model,
         log_dir=log_dir,
-        server_timeout=config.policy_server_timeout,
-        seed=config.seed,
+        chat_template_kwargs=chat_template_kwargs,
     )
     return reflector, True
 
@@ -246,6 +272,7 @@ def run_phase(
     *,
     program: TemplateProgram | None = None,
     initial_model: str | Path | None = None,
+    restart_if_changed: bool = False,
 ) -> PhaseResult:
     """Run one prompt-evolution phase and write templates.json / assignments.json / phase.json.
 
@@ -261,6 +288,9 @@ def run_phase(
             (and closed at the end). `initial` needs `initial_model`: the frozen initial checkpoint.
         progress: show a progress bar.
         program: an already loaded template program (default: `load_program(config.program)`).
+        restart_if_changed: when `output_dir` holds a phase run against other weights or other hard
+            samples (a training run resumed from a checkpoint before that phase finished), set it
+            aside as `<output_dir>.stale-N` and start afresh instead of raising `PhaseError`.
 
     Raises `PolicyServerError` / `ReflectionError` when the server or the reflection model fails for
     good — after writing what the phase finished (phase.json `status: interrupted`).
@@ -297,14 +327,27 @@ def run_phase(
             "train_ids": [s.sample_id for s in train],
             "program": prog.source,
         }
-        resumed = _check_resume(run_dir, manifest)
+        try:
+            resumed = _check_resume(run_dir, manifest)
+        except PhaseError as e:
+            if not restart_if_changed:
+                raise
+            aside = _set_aside(output_dir, f"set aside by a resumed run: {e}")
+            print(
+                f"p2o: {output_dir} held an unfinished phase against other inputs; moved to {aside}",
+                file=sys.stderr,
+            )
+            run_dir.mkdir(parents=True, exist_ok=True)
+            resumed = _check_resume(run_dir, manifest)
         policy.check_alive()
 
         template_kwargs = {
             **(task.chat_template_kwargs or {}),
             **(getattr(config, "chat_template_kwargs", None) or {}),
         }
-        reflector, own_reflector = _reflector(config, reflection_lm, policy, initial_model, output_dir)
+        reflector, own_reflector = _reflector(
+            config, reflection_lm, policy, initial_model, output_dir, template_kwargs
+        )
         if own_reflector:
             owned.callback(reflector.close)
         client = policy.client(chat_template_kwargs=template_kwargs)
@@ -321,6 +364,7 @@ def run_phase(
             num_threads=config.gepa_num_threads,
             include_gold=config.feedback_include_gold,
             proposal_max_chars=config.proposal_max_chars,
+            max_input_tokens=getattr(config, "reflection_max_input_tokens", 30000),
             store=EvaluationStore(run_dir / "evaluations.jsonl"),
             log_dir=run_dir,
             on_item=bar.advance,
@@ -342,6 +386,8 @@ def run_phase(
                 run_dir=str(run_dir),
                 logger=_FileLogger(run_dir / "gepa_log.txt"),
                 callbacks=[bar],
+                # gepa swallows what propose_new_texts raises: stop on what the adapter recorded.
+                stop_callbacks=[lambda _state: adapter.fatal is not None],
                 seed=config.seed,
                 perfect_score=1.0,
                 skip_perfect_score=True,
@@ -351,6 +397,8 @@ def run_phase(
                 track_best_outputs=False,
                 raise_on_exception=True,
             )
+            if adapter.fatal is not None:
+                raise adapter.fatal
             if config.assign_score_all and train:
                 extra = _score_cover_on_train(result, prog, dev, train, adapter)
         except (PolicyServerError, ReflectionError) as e:
@@ -547,6 +595,18 @@ def _finalize(
             "reflection_prompt": counters["reflection_prompt_tokens"],
             "reflection_completion": counters["reflection_completion_tokens"],
         },
+        # What the phase cost: the paper's reviewers asked for exactly this.
+        "cost": {
+            "policy_tokens": counters["policy_prompt_tokens"] + counters["policy_completion_tokens"],
+            "reflection_tokens": counters["reflection_prompt_tokens"]
+            + counters["reflection_completion_tokens"],
+            "reflection_usd": round(counters["reflection_cost_usd"], 6)
+            if counters["reflection_cost_known"] and counters["reflection_calls"]
+            else None,
+            "seconds": counters["seconds"],
+        },
+        "reflection_errors": counters["reflection_errors"],
+        "outputs_cut": counters["outputs_cut"],
         "samples_per_item": config.gepa_samples_per_item,
         "temperature": config.gepa_temperature,
         **{k: v for k, v in meta.items() if k != "status"},

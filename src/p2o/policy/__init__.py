@@ -10,8 +10,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from p2o.policy.client import Completion, PolicyClient, PolicyRequestError, PolicyServerError
-from p2o.policy.server import Policy, PolicyServer, RemotePolicy, free_port
+from p2o.policy.client import (
+    CheckpointError,
+    Completion,
+    PolicyClient,
+    PolicyRequestError,
+    PolicyServerError,
+)
+from p2o.policy.server import Policy, PolicyServer, RemotePolicy, free_port, resolve_checkpoint
 
 
 def open_policy(config, checkpoint: str | Path, log_dir: str | Path, *, log_name: str = "policy_server.log"):
@@ -46,6 +52,7 @@ def open_policy(config, checkpoint: str | Path, log_dir: str | Path, *, log_name
 
 
 __all__ = [
+    "CheckpointError",
     "Completion",
     "Policy",
     "PolicyClient",
@@ -55,4 +62,5 @@ __all__ = [
     "RemotePolicy",
     "free_port",
     "open_policy",
+    "resolve_checkpoint",
 ]

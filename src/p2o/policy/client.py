@@ -28,6 +28,11 @@ class PolicyServerError(RuntimeError):
     """The policy server is unreachable, did not come up, or died. Names the URL and the log."""
 
 
+class CheckpointError(PolicyServerError):
+    """The checkpoint to serve does not exist (no such folder, not in the Hugging Face cache): a
+    configuration error that no retry fixes."""
+
+
 class PolicyRequestError(RuntimeError):
     """The server rejected one request (HTTP error status); the server itself is up."""
 

@@ -33,7 +33,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import httpx
 
-from p2o.policy.client import PolicyClient, PolicyServerError, log_tail
+from p2o.policy.client import CheckpointError, PolicyClient, PolicyServerError, log_tail
 
 BACKENDS = ("transformers", "vllm")
 
@@ -86,19 +86,45 @@ def _root(url: str) -> str:
     return url[: -len("/v1")] if url.endswith("/v1") else url
 
 
+def resolve_checkpoint(model: str | Path, revision: str | None = None) -> str:
+    """A local checkpoint folder for `model`: the folder itself, or a hub id's snapshot.
+
+    A hub id resolves through the Hugging Face cache the way `from_pretrained` resolves it (with
+    `HF_HUB_OFFLINE=1`, from the cache alone; online, downloading what is missing), so a run that
+    names `Qwen/Qwen3-4B` serves the very files its trainer loaded. Raises `CheckpointError`.
+    """
+    p = Path(model).expanduser()
+    if p.is_dir():
+        return str(p)
+    text = str(model)
+    looks_like_id = text.count("/") <= 1 and not text.startswith((".", "/", "~")) and text.strip() == text
+    if not looks_like_id:
+        raise CheckpointError(f"checkpoint {p} is not a directory (and not a hub id like 'Qwen/Qwen3-4B')")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(repo_id=text, revision=revision)
+    except Exception as e:
+        from huggingface_hub import constants
+
+        where = "the Hugging Face cache" + (" (HF_HUB_OFFLINE=1)" if constants.HF_HUB_OFFLINE else "")
+        raise CheckpointError(
+            f"checkpoint {text!r} is neither a local directory nor a model found in {where} at "
+            f"{constants.HF_HUB_CACHE}: {type(e).__name__}: {str(e)[:300]}. Give a checkpoint folder, "
+            "or download the model first (huggingface-cli download ID)"
+        ) from e
+
+
 def _checkpoint_dir(path: str | Path) -> str:
-    """Absolute checkpoint directory, checked: it must exist and hold a config.json."""
-    p = Path(path).expanduser()
-    if not p.is_dir():
-        raise PolicyServerError(
-            f"checkpoint {p} is not a directory (the policy server loads local checkpoints)"
-        )
+    """Absolute checkpoint directory (a hub id is resolved to its cached snapshot), checked: it must
+    exist and hold a config.json."""
+    p = Path(resolve_checkpoint(path))
     if not (p / "config.json").exists():
-        raise PolicyServerError(f"checkpoint {p} has no config.json: save it with `save_pretrained` first")
+        raise CheckpointError(f"checkpoint {p} has no config.json: save it with `save_pretrained` first")
     resolved = str(p.resolve())
     if "@" in resolved:
         # transformers serve reads `name@revision`; a path with '@' would be cut in two.
-        raise PolicyServerError(
+        raise CheckpointError(
             f"checkpoint path {resolved} contains '@', which transformers serve cannot load"
         )
     return resolved

@@ -37,7 +37,10 @@ class RoundDisplay(TrainerCallback):
         )
 
     def phase_failed(self, index: int, error: str) -> None:
-        self.console.print(f"[red]round {index}: the phase failed, training goes on without it:[/] {error}")
+        self.console.print(f"[red]round {index}: the phase failed:[/] {error}")
+
+    def phase_retry(self, attempt: int, error: str) -> None:
+        self.console.print(f"[yellow]phase attempt {attempt} failed, retrying:[/] {error}")
 
     def report_round(self, record: dict[str, Any]) -> None:
         ph = record.get("phase", {})

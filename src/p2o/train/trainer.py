@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -53,6 +54,7 @@ from p2o.tasks.base import Sample, Task
 from p2o.templates import render_augmented
 from p2o.train.hard import HardSampleTracker
 from p2o.train.rewards import VerifierReward, completion_text
+from p2o.train.tracking import RoundTracking
 
 STATE_FILE = "p2o_state.json"
 CHECKPOINT_STATE_FILE = "p2o_trainer_state.json"
@@ -80,6 +82,24 @@ class PolicyHandle:
 
 
 PhaseRunner = Callable[..., Any]
+
+
+class PhaseFatalError(RuntimeError):
+    """A phase cannot work for a reason no retry fixes (a refused key, an unknown model, a missing
+    checkpoint, a bad program): the run stops with this message instead of training on as GRPO."""
+
+
+def is_fatal(error: BaseException) -> bool:
+    """Configuration errors stop the run; passing ones (a server that died, a teacher that kept
+    answering 5xx) cost a retry and, at worst, the round."""
+    from p2o.config import ConfigError
+    from p2o.evolve.phase import PhaseError
+    from p2o.evolve.reflection import ReflectionError
+    from p2o.policy import CheckpointError
+
+    if isinstance(error, ReflectionError):
+        return error.fatal
+    return isinstance(error, CheckpointError | ConfigError | PhaseError | ImportError)
 
 
 class P2OTrainer(GRPOTrainer):
@@ -150,6 +170,7 @@ class P2OTrainer(GRPOTrainer):
             **kwargs,
         )
         self.add_callback(PhaseCallback(self))
+        self.add_callback(RoundTracking(self))  # each round's templates to tensorboard / trackio
         self.heldout = None
         if args.heldout_eval:
             from p2o.train.heldout import HeldOutEval
@@ -433,6 +454,7 @@ class P2OTrainer(GRPOTrainer):
             output_dir=output_dir,
             reflection_lm=self.reflection_lm,
             initial_model=self.initial_model,
+            restart_if_changed=True,
         )
 
     def _boot_policy_server(self) -> None:
@@ -486,28 +508,17 @@ class P2OTrainer(GRPOTrainer):
             if main:
                 self._notify("phase_started", index, len(hard_ids), self.state.global_step)
             policy = self.sync_policy(rdir)
-            payload: list[Any] = [None]
-            if main:
-                hard = [self.samples[sid] for sid in hard_ids if sid in self.samples]
-                try:
-                    result = self.phase_runner(
-                        config=self.args,
-                        task=self.task,
-                        hard_samples=hard,
-                        policy=policy,
-                        output_dir=rdir / "evolve",
-                    )
-                    payload = [(dict(result.templates), dict(result.assignments), dict(result.stats))]
-                except Exception as e:  # a failed phase costs its round, not the run
-                    payload = [f"{type(e).__name__}: {e}"]
-            broadcast_object_list(payload, from_process=0)
-            if isinstance(payload[0], str):
+            outcome = self._await_phase(lambda: self._phase_on_main(hard_ids, policy, rdir) if main else None)
+            kind, value, attempts = outcome
+            record["attempts"] = attempts
+            if kind != "done":
                 record["status"] = "failed"
-                record["error"] = payload[0]
+                record["error"] = value
+                record["fatal"] = kind == "fatal"
                 if main:
-                    self._notify("phase_failed", index, payload[0])
+                    self._notify("phase_failed", index, value)
             else:
-                templates, assignments, stats = payload[0]
+                templates, assignments, stats = value
                 prefix = f"r{index}:"
                 self.templates.update({prefix + tid: text for tid, text in templates.items()})
                 self.assignments.update(
@@ -520,20 +531,172 @@ class P2OTrainer(GRPOTrainer):
                 record["n_templates"] = len(templates)
                 record["n_assigned"] = len(assignments)
                 record["phase"] = {
-                    k: v for k, v in stats.items() if not isinstance(v, dict | list) or k == "rejected"
+                    k: v
+                    for k, v in stats.items()
+                    if not isinstance(v, dict | list) or k in ("rejected", "cost")
                 }
+                if isinstance(stats.get("cost"), dict):
+                    record["cost"] = stats["cost"]
         record["seconds"] = round(time.perf_counter() - t0, 3)
         self.rounds.append(record)
         if main:
             write_json_atomic(rdir / "round.json", record)
             self.write_run_state()
             self._notify("report_round", record)
+        if record.get("fatal"):
+            raise PhaseFatalError(f"round {index} (step {self.state.global_step}): {record['error']}")
         metrics = self._metrics["train"]
         metrics["p2o/phase_seconds"].append(record["seconds"])
         metrics["p2o/phase_hard"].append(float(len(hard_ids)))
         if "phase" in record:
             metrics["p2o/phase_metric_calls"].append(float(record["phase"].get("metric_calls", 0)))
         return record
+
+    def _phase_on_main(self, hard_ids: list[str], policy: PolicyHandle, rdir: Path) -> tuple[str, Any, int]:
+        """Run the phase (main process): ("done", (templates, assignments, stats), attempts), or
+        ("failed" | "fatal", message, attempts). A passing failure is retried `phase_retries` times,
+        a policy server that died relaunched first; a configuration error is never retried."""
+        hard = [self.samples[sid] for sid in hard_ids if sid in self.samples]
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                result = self.phase_runner(
+                    config=self.args,
+                    task=self.task,
+                    hard_samples=hard,
+                    policy=policy,
+                    output_dir=rdir / "evolve",
+                )
+                return (
+                    "done",
+                    (dict(result.templates), dict(result.assignments), dict(result.stats)),
+                    attempts,
+                )
+            except Exception as e:  # a failed phase costs its round, or the run when nothing can fix it
+                message = f"{type(e).__name__}: {e}"
+                if is_fatal(e):
+                    return "fatal", message, attempts
+                if attempts > self.args.phase_retries:
+                    return "failed", message, attempts
+                self._relaunch_policy_server_if_dead()
+                self._notify("phase_retry", attempts, message)
+
+    def _relaunch_policy_server_if_dead(self) -> None:
+        server = self._policy_server
+        if server is not None and not getattr(server, "running", True):
+            server.stop()
+            self._policy_server = None  # evolve_phase starts a new one on the round's checkpoint
+
+    def _await_phase(self, run: Callable[[], Any]) -> Any:
+        """`run()` on the main process; its result on every rank.
+
+        With several processes the others do not wait inside one collective for the whole phase (it
+        may last hours, a collective times out after `ddp_timeout`): the main process runs the phase
+        in this thread while a helper thread broadcasts a heartbeat every `phase_wait_poll_seconds`,
+        so each collective the others wait in lasts one period at most.
+        """
+        if self.accelerator.num_processes == 1:
+            return run()
+        main = self.accelerator.is_main_process
+        if not main:
+            while True:
+                box: list[Any] = [None]
+                broadcast_object_list(box, from_process=0)
+                if box[0] != "p2o-phase-running":
+                    return box[0]
+        done = threading.Event()
+        failure: list[BaseException] = []
+
+        def heartbeat() -> None:
+            try:
+                if torch.cuda.is_available() and self.accelerator.device.type == "cuda":
+                    torch.cuda.set_device(self.accelerator.device)  # the current device is per thread
+                while not done.wait(self.args.phase_wait_poll_seconds):
+                    broadcast_object_list(["p2o-phase-running"], from_process=0)
+            except BaseException as e:  # surfaced on the main thread below
+                failure.append(e)
+
+        beat = threading.Thread(target=heartbeat, name="p2o-phase-heartbeat", daemon=True)
+        beat.start()
+        try:
+            outcome = run()
+        finally:
+            done.set()
+            beat.join()
+        if failure:
+            raise failure[0]
+        box = [outcome]
+        broadcast_object_list(box, from_process=0)
+        return box[0]
+
+    def preflight(self) -> None:
+        """Before step 1, check what a phase will need, on the main process; every rank stops with
+        the same `PhaseFatalError` when something cannot work."""
+        if not (self.args.preflight and self.phases_left() and self.phase_runner == self.evolve_phase):
+            return
+        error = self._await_phase(
+            self._preflight_on_main if self.accelerator.is_main_process else lambda: None
+        )
+        if error:
+            raise PhaseFatalError(f"preflight: {error}")
+
+    def _preflight_on_main(self) -> str | None:
+        from p2o.evolve.reflection import ReflectionError, reflection_server, reflector_from_config
+        from p2o.policy import PolicyServerError, resolve_checkpoint
+
+        checks: dict[str, Any] = {}
+        try:
+            spec = self.args.reflection
+            template_kwargs = {
+                **(self.task.chat_template_kwargs or {}),
+                **(self.args.chat_template_kwargs or {}),
+            }
+            if self.reflection_lm is not None:
+                checks["reflection"] = "given in code (not checked)"
+            elif spec.startswith("teacher:"):
+                reflector = reflector_from_config(self.args)
+                try:
+                    reflector.preflight()
+                finally:
+                    reflector.close()
+                checks["reflection"] = f"{reflector.name} answered"
+            elif spec == "initial":
+                where = reflection_server(self.args)
+                if where.startswith(("http://", "https://")):
+                    reflector = reflector_from_config(
+                        self.args,
+                        initial_model=self.initial_model,
+                        log_dir=Path(self.args.output_dir),
+                        chat_template_kwargs=template_kwargs,
+                    )
+                    try:
+                        reflector.preflight()
+                    finally:
+                        reflector.close()
+                    checks["reflection"] = f"initial policy at {where} answered"
+                elif where == "transformers":
+                    checks["reflection"] = f"initial policy {resolve_checkpoint(self.initial_model)}"
+                else:
+                    checks["reflection"] = (
+                        f"initial policy {self.initial_model} (vllm serve, launched per phase)"
+                    )
+            else:
+                checks["reflection"] = spec
+            if self._policy_server is not None:
+                server = self._policy_server
+                if not server._healthy:
+                    server._wait_healthy()
+                checks["policy_server"] = f"{server.backend} at {server.url}"
+        except (ReflectionError, PolicyServerError) as e:
+            return f"{type(e).__name__}: {e}"
+        except Exception as e:
+            if is_fatal(e):
+                return f"{type(e).__name__}: {e}"
+            raise
+        path = Path(self.args.output_dir) / "preflight.json"
+        write_json_atomic(path, {"status": "ok", **checks})
+        return None
 
     def _notify(self, event: str, *args: Any) -> None:
         for cb in self.callback_handler.callbacks:
@@ -607,6 +770,7 @@ class P2OTrainer(GRPOTrainer):
                 resume_from_checkpoint = ckpt
         self._boot_policy_server()
         try:
+            self.preflight()
             return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
         finally:
             if self._policy_server is not None:
