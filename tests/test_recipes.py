@@ -78,7 +78,9 @@ def test_recipes_carry_the_papers_settings(recipe):
 
 def test_dry_run_counts_steps_of_a_local_dataset(tmp_path, capsys):
     data = tmp_path / "train_5k.jsonl"
-    data.write_text("".join(json.dumps({"problem": f"p{i}", "answer": "1"}) + "\n" for i in range(5000)))
+    # As `p2o data` writes them: the recipe names the id column, and the dry run reads the file.
+    rows = ({"sample_id": f"s{i}", "problem": f"p{i}", "answer": "1"} for i in range(5000))
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
     recipe = REPO / "configs" / "paper" / "deepscaler_p2o_teacher.yaml"
     assert train_main(["--config", str(recipe), "--dry-run", "--dataset", str(data)]) == 0
     p = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

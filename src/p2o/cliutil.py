@@ -32,8 +32,11 @@ CONFIG_HELP = (
 def report_errors(prog: str, fn: Callable[[], int]) -> int:
     """Run `fn`; a `ConfigError` / `DataError` / `ToyBuildError` becomes `prog: error: ...` on stderr and exit code 2."""
     # Imported here so that parsing a command line never pays for TRL's import.
+    import yaml
+
     from p2o.config import ConfigError
     from p2o.tasks.data import DataError
+    from p2o.tasks.registry import RegistryError
     from p2o.toy.build import ToyBuildError
 
     try:
@@ -47,6 +50,27 @@ def report_errors(prog: str, fn: Callable[[], int]) -> int:
     except ToyBuildError as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return 2
+    except RegistryError as e:  # --task / a verifier: unknown name, or a module that is not there
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 2
+    except yaml.YAMLError as e:  # a config file TRL's parser read
+        print(f"{prog}: {_yaml_problem(e)}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as e:  # a path given by the user
+        print(f"{prog}: {e.filename}: no such file. Check the path.", file=sys.stderr)
+        return 2
+
+
+def _yaml_problem(e: Exception) -> str:
+    """`FILE line L column C: what is wrong` (1-based) for a YAML error."""
+    mark = getattr(e, "problem_mark", None)
+    what = getattr(e, "problem", None) or str(e).splitlines()[0]
+    if mark is None:
+        return f"invalid YAML: {what}"
+    return (
+        f"{mark.name} line {mark.line + 1} column {mark.column + 1}: invalid YAML ({what}). Fix the file: "
+        "one 'key: value' per line, nested values indented, strings with ': ' or '#' in quotes."
+    )
 
 
 # ---------------------------------------------------------------- one flag style

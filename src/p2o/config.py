@@ -68,6 +68,128 @@ def check_reflection(value: str, field_name: str = "reflection") -> None:
     _check(ok, field_name, "one of " + ", ".join(REFLECTION_CHOICES), value)
 
 
+# ---------------------------------------------------------------- field types
+
+# TRL's parser makes YAML values the defaults of its argparse options, and argparse converts only
+# string defaults: `learning_rate: yes` arrives as True and `num_generations: [6]` as a list.
+# So every field is checked against its annotation before any validation. Fields whose
+# __post_init__ accepts more than the annotation says keep accepting it:
+_ALSO_ACCEPTED: dict[str, tuple[type, ...]] = {
+    "scale_rewards": (bool,),  # TRL maps True/False to "group"/"none"
+    "debug": (type(None),),  # transformers' own parser gives None when the flag is absent
+}
+_YAML_TYPES = (bool, int, float, str, list, tuple, dict, type(None))
+
+
+def _type_hints(cls: type) -> dict[str, Any]:
+    import typing
+
+    try:
+        return typing.get_type_hints(cls)
+    except Exception:  # an annotation that cannot be resolved is not checked
+        return {}
+
+
+def _matches(value: Any, tp: Any) -> bool:
+    """Whether `value` fits annotation `tp`. A bool is never an int or a float; an int is a float."""
+    import enum
+    import types
+    import typing
+
+    if tp is Any or tp is typing.Any or isinstance(tp, typing.TypeVar):
+        return True
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is typing.Union or origin is types.UnionType:
+        return any(_matches(value, a) for a in args)
+    if origin is typing.Literal:
+        return any(type(value) is type(a) and value == a for a in args)
+    if tp is type(None) or tp is None:
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return isinstance(value, tp) or any(value == m.value for m in tp)
+    if origin in (list, tuple, set, frozenset) or tp in (list, tuple, set, frozenset):
+        container = origin or tp
+        if not isinstance(value, list | tuple if container in (list, tuple) else container):
+            return False
+        if not args or (container is tuple and len(args) == 2 and args[1] is Ellipsis):
+            return not args or all(_matches(v, args[0]) for v in value)
+        if container is tuple:
+            return len(args) == len(value) and all(_matches(v, a) for v, a in zip(value, args, strict=True))
+        return all(_matches(v, args[0]) for v in value)
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            return False
+        return len(args) != 2 or all(_matches(k, args[0]) and _matches(v, args[1]) for k, v in value.items())
+    if isinstance(tp, type):
+        return isinstance(value, tp)
+    return True  # a typing construct this check does not know: not checked
+
+
+def _describe(tp: Any) -> str:
+    import enum
+    import types
+    import typing
+
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is typing.Union or origin is types.UnionType:
+        parts = [_describe(a) for a in args if a is not type(None)]
+        if any(a is type(None) for a in args):
+            parts.append("null")
+        return " or ".join(dict.fromkeys(parts))
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return "one of " + ", ".join(repr(m.value) for m in tp)
+    if origin in (list, tuple) or tp in (list, tuple):
+        plural = {"an integer": "integers", "a number": "numbers", "a string": "strings", "true or false": "booleans"}
+        return f"a list of {plural.get(_describe(args[0]), _describe(args[0]))}" if args else "a list"
+    if origin is dict or tp is dict:
+        return "a mapping"
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
+    return names.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _what(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean (in YAML, yes/no/on/off/true/false are booleans)"
+    kinds = {int: "an integer", float: "a number", str: "a string", list: "a list", dict: "a mapping"}
+    return kinds.get(type(value), type(value).__name__)
+
+
+def check_field_types(obj: Any) -> None:
+    """Check every field of the dataclass `obj` against its annotation; raise `ConfigError` naming
+    the first field whose value has the wrong type. A number where only a string belongs becomes
+    its text (`dataset_config: 2024`). Values of other types than YAML's (objects that an earlier
+    `__post_init__` built, such as an `AcceleratorConfig`) are not checked."""
+    import dataclasses
+
+    hints = _type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        tp = hints.get(f.name)
+        if tp is None or not f.init:
+            continue
+        value = getattr(obj, f.name)
+        if not isinstance(value, _YAML_TYPES) or isinstance(value, _ALSO_ACCEPTED.get(f.name, ())):
+            continue
+        if _matches(value, tp):
+            continue
+        if isinstance(value, int | float) and not isinstance(value, bool) and _matches("", tp):
+            setattr(obj, f.name, str(value))
+            continue
+        raise ConfigError(
+            f"{f.name}: must be {_describe(tp)}, got {value!r}, {_what(value)}. Fix it in the config "
+            f"file or pass --{f.name}."
+        )
+
+
 @dataclass
 class P2OConfig(GRPOConfig):
     r"""GRPO configuration plus the P²O fields. See the module docstring for the groups."""
@@ -229,6 +351,7 @@ class P2OConfig(GRPOConfig):
     )
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         if not _cuda_available():
             # CPU-safe settings instead of failing on a machine without a GPU.
             self.use_cpu = True
@@ -386,6 +509,20 @@ class P2OScriptArguments:
         default=False,
         metadata={"help": "Skip (and count) rows with a missing/empty problem or answer instead of failing."},
     )
+    drop_duplicates: bool = field(
+        default=False,
+        metadata={
+            "help": "Drop rows whose problem repeats an earlier row's (same text up to spacing). Without "
+            "it they are kept, and reported with their count and first example."
+        },
+    )
+    max_problem_chars: int = field(
+        default=20000,
+        metadata={
+            "help": "A problem longer than this many characters is a bad row (named; skipped with "
+            "skip_bad_rows): such a prompt would exhaust memory on the first step. 0 = no limit."
+        },
+    )
     eval_dataset: str | None = field(
         default=None,
         metadata={
@@ -403,9 +540,11 @@ class P2OScriptArguments:
     dry_run: bool = field(default=False, metadata={"help": "Resolve the config, print the plan, exit."})
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         _check(
             self.max_samples is None or self.max_samples >= 1, "max_samples", "None or >= 1", self.max_samples
         )
+        _check(self.max_problem_chars >= 0, "max_problem_chars", ">= 0 (0 = no limit)", self.max_problem_chars)
         if isinstance(self.task_kwargs, str):
             import json
 

@@ -59,7 +59,7 @@ class LoadResult:
     total_rows: int = 0
     duplicates: int = 0  # rows whose problem repeats an earlier row's
     duplicates_dropped: bool = False
-    notes: list[str] = field(default_factory=list)  # warnings for the user, one line each
+    notes: list[str] = field(default_factory=list)  # warnings beyond summary(), one line each
 
     def summary(self) -> str:
         s = f"{self.source}: {len(self.samples)} samples from {self.total_rows} rows"
@@ -384,10 +384,6 @@ def load_samples(
                 if drop_duplicates
                 else "kept, so they weigh double; pass --drop_duplicates to drop them."
             )
-        )
-    if skipped:
-        result.notes.append(
-            f"{name}: {len(skipped)} bad rows skipped (--skip_bad_rows); first: {skipped[0].describe()}"
         )
     return result
 
