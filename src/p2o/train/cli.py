@@ -239,26 +239,103 @@ def run(argv: list[str]) -> int:
         enable_phases=config.max_phases != 0,
         callbacks=[RoundDisplay()],
     )
+    from p2o.train.trainer import PhaseFatalError
+
     t0 = time.perf_counter()
-    trainer.train(resume_from_checkpoint=True if script_args.resume else None)
+    try:
+        trainer.train(resume_from_checkpoint=True if script_args.resume else None)
+    except PhaseFatalError as e:
+        if trainer.accelerator.is_main_process:
+            write_summary(trainer, time.perf_counter() - t0, None, stopped=str(e))
+            print(f"p2o train: stopped at step {trainer.state.global_step}: {e}", file=sys.stderr)
+        return 1
     seconds = time.perf_counter() - t0
     final = Path(config.output_dir) / "final"
     trainer.save_model(str(final))
+    code = 0
     if trainer.accelerator.is_main_process:
         trainer.processing_class.save_pretrained(final)
-        summary = {
-            "train_seconds": round(seconds, 2),
-            "global_step": trainer.state.global_step,
-            "rounds": trainer.rounds,
-            "final_model": str(final),
-        }
-        (Path(config.output_dir) / "train_summary.json").write_text(
-            json.dumps(summary, indent=2, default=str)
-        )
+        summary = write_summary(trainer, seconds, final)
         print(
             f"p2o train: done in {seconds:.1f} s, {trainer.state.global_step} steps; model in {final}",
             file=sys.stderr,
         )
+        code = report_phases(summary["phases"], config)
+    return code
+
+
+def phase_totals(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Rounds by status and what the phases cost, summed."""
+    by = {k: [r for r in rounds if r.get("status") == k] for k in ("done", "failed", "skipped")}
+    costs = [r.get("cost") or {} for r in rounds]
+    usd = [c.get("reflection_usd") for c in costs if c]
+    return {
+        "done": len(by["done"]),
+        "failed": len(by["failed"]),
+        "skipped": len(by["skipped"]),
+        "failed_rounds": [
+            {"round": r["round"], "step": r.get("global_step"), "error": r.get("error")} for r in by["failed"]
+        ],
+        "cost": {
+            "policy_tokens": sum(int(c.get("policy_tokens", 0)) for c in costs),
+            "reflection_tokens": sum(int(c.get("reflection_tokens", 0)) for c in costs),
+            "reflection_usd": round(sum(usd), 6) if usd and all(u is not None for u in usd) else None,
+            "phase_seconds": round(
+                sum(float(r.get("seconds", 0)) for r in rounds if r.get("status") != "skipped"), 3
+            ),
+        },
+    }
+
+
+def write_summary(
+    trainer: Any, seconds: float, final: Path | None, stopped: str | None = None
+) -> dict[str, Any]:
+    summary = {
+        "status": "stopped" if stopped else "done",
+        "stopped": stopped,
+        "train_seconds": round(seconds, 2),
+        "global_step": trainer.state.global_step,
+        "world_size": trainer.accelerator.num_processes,
+        "phases": phase_totals(trainer.rounds),
+        "rounds": trainer.rounds,
+        "final_model": str(final) if final else None,
+    }
+    from p2o.train.trainer import write_json_atomic
+
+    write_json_atomic(Path(trainer.args.output_dir) / "train_summary.json", summary)
+    return summary
+
+
+def report_phases(phases: dict[str, Any], config: P2OConfig) -> int:
+    """The run's last lines about its phases; 1 when too few of those attempted finished."""
+    if config.max_phases == 0:
+        return 0
+    attempted = phases["done"] + phases["failed"]
+    cost = phases["cost"]
+    usd = "unknown" if cost["reflection_usd"] is None else f"${cost['reflection_usd']:.4f}"
+    print(
+        f"p2o train: phases: {phases['done']} done, {phases['failed']} failed, {phases['skipped']} skipped; "
+        f"cost: {cost['policy_tokens']} policy tokens, {cost['reflection_tokens']} reflection tokens "
+        f"({usd}), {cost['phase_seconds']:.1f} s",
+        file=sys.stderr,
+    )
+    for r in phases["failed_rounds"]:
+        print(f"p2o train: round {r['round']} (step {r['step']}) failed: {r['error']}", file=sys.stderr)
+    if attempted == 0:
+        if phases["skipped"]:
+            print(
+                f"p2o train: no phase ran: every round was skipped (fewer hard samples than min_hard_samples="
+                f"{config.min_hard_samples})",
+                file=sys.stderr,
+            )
+        return 0
+    if phases["done"] / attempted < config.min_phase_success:
+        print(
+            f"p2o train: error: {phases['done']} of {attempted} phases finished, fewer than min_phase_success="
+            f"{config.min_phase_success:g}: this run did not do what P²O does",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
