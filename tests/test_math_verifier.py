@@ -432,8 +432,27 @@ def test_bench_runs(tmp_path, capsys):
     from p2o.tasks.bench import main
 
     out = tmp_path / "bench.json"
-    assert main(["--n", "12", "--threads", "4", "--timeout", "1", "--out", str(out)]) == 0
-    assert "verdicts/s" in capsys.readouterr().out
+    argv = [
+        "--n",
+        "12",
+        "--threads",
+        "4",
+        "--timeout",
+        "2",
+        "--normal",
+        "24",
+        "--slow",
+        "1",
+        "--slow-repeats",
+        "3",
+    ]
+    assert main([*argv, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "verdicts/s" in printed and "p95 s" in printed
     result = json.loads(out.read_text())
     assert [run["accuracy"] for run in result["runs"]] == [1.0, 1.0]
-    assert all(row["score"] == 0.0 and row["seconds"] < 1.0 + 1.0 for row in result["hostile"])
+    assert all(row["score"] == 0.0 and row["seconds"] < 2.0 + 1.0 for row in result["hostile"])
+    mixed = result["mixed_load"]
+    assert (mixed["normal"]["calls"], mixed["slow"]["calls"]) == (24, 3) and not mixed["disagreements"]
+    # main() returned 0: no normal answer waited longer than the timeout plus a worker start-up.
+    assert mixed["normal"]["max"] < 2.0 + 1.0 + max(1.0, result["worker_startup_s"])
