@@ -149,7 +149,12 @@ def _describe(tp: Any) -> str:
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         return "one of " + ", ".join(repr(m.value) for m in tp)
     if origin in (list, tuple) or tp in (list, tuple):
-        plural = {"an integer": "integers", "a number": "numbers", "a string": "strings", "true or false": "booleans"}
+        plural = {
+            "an integer": "integers",
+            "a number": "numbers",
+            "a string": "strings",
+            "true or false": "booleans",
+        }
         return f"a list of {plural.get(_describe(args[0]), _describe(args[0]))}" if args else "a list"
     if origin is dict or tp is dict:
         return "a mapping"
@@ -544,7 +549,9 @@ class P2OScriptArguments:
         _check(
             self.max_samples is None or self.max_samples >= 1, "max_samples", "None or >= 1", self.max_samples
         )
-        _check(self.max_problem_chars >= 0, "max_problem_chars", ">= 0 (0 = no limit)", self.max_problem_chars)
+        _check(
+            self.max_problem_chars >= 0, "max_problem_chars", ">= 0 (0 = no limit)", self.max_problem_chars
+        )
         if isinstance(self.task_kwargs, str):
             import json
 
