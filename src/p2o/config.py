@@ -22,7 +22,12 @@ gepa_candidate_selection, gepa_samples_per_item, gepa_temperature, gepa_max_toke
 feedback_include_gold, proposal_max_chars, assign_score_all
 
 > Reflection model
-reflection, reflection_temperature, reflection_max_tokens, meta_prompt
+reflection, reflection_temperature, reflection_max_tokens, reflection_server, reflection_api_base,
+reflection_api_key_env, reflection_litellm_kwargs, reflection_retries, reflection_retry_seconds,
+reflection_max_input_tokens, meta_prompt
+
+> Failures and several processes
+preflight, phase_retries, min_phase_success, phase_wait_poll_seconds
 
 > Context distillation
 distill, crm, crm_low, crm_high, same_template_in_group, untemplated_rollouts, retire_templates
@@ -293,6 +298,55 @@ class P2OConfig(GRPOConfig):
     )
     reflection_temperature: float = field(default=1.0, metadata={"help": "Reflection model temperature."})
     reflection_max_tokens: int = field(default=4096, metadata={"help": "Reflection model max new tokens."})
+    reflection_server: str = field(
+        default="auto",
+        metadata={
+            "help": "reflection=initial: where the frozen initial policy is served. 'auto' (vllm with "
+            "use_vllm, else transformers), 'transformers' (p2o launches transformers serve: CPU), 'vllm' "
+            "(p2o launches vllm serve) or the http(s) URL of a server already serving it under the "
+            "model's name (a second `vllm serve <model>` on its own GPU)."
+        },
+    )
+    reflection_api_base: str | None = field(
+        default=None,
+        metadata={
+            "help": "Teacher-Ref: the endpoint, e.g. https://api.example.com/v1 for any OpenAI-compatible "
+            "server with teacher:openai/<model>. None: the provider's default."
+        },
+    )
+    reflection_api_key_env: str | None = field(
+        default=None,
+        metadata={
+            "help": "Teacher-Ref: the NAME of the environment variable that holds the key (e.g. "
+            "MOONSHOT_API_KEY). None: the provider's usual variable. Keys are read from the environment "
+            "only, never from a config, and never written or logged."
+        },
+    )
+    reflection_litellm_kwargs: dict | str | None = field(
+        default=None,
+        metadata={
+            "help": "Teacher-Ref: more arguments for litellm.completion, e.g. {timeout: 600, "
+            "num_retries: 6, extra_headers: {...}} (a YAML mapping or a JSON string)."
+        },
+    )
+    reflection_retries: int = field(
+        default=4,
+        metadata={
+            "help": "Retries of a reflection call that failed for a passing reason (429, 5xx, time-out), "
+            "with exponential backoff. Lasting errors (a refused key, an unknown model) stop the run."
+        },
+    )
+    reflection_retry_seconds: float = field(
+        default=2.0, metadata={"help": "First backoff of a reflection retry; doubled each retry (max 60 s)."}
+    )
+    reflection_max_input_tokens: int = field(
+        default=30000,
+        metadata={
+            "help": "Budget of the reflection prompt, sized to the reflection model's context. Examples show "
+            "the full prompt x and the whole policy output; outputs are cut in the middle (the cut marked) "
+            "only when the prompt would exceed this (estimated at 3 characters a token)."
+        },
+    )
     meta_prompt: str = field(
         default="default",
         metadata={
@@ -325,6 +379,39 @@ class P2OConfig(GRPOConfig):
             "help": "Drop a sample's templates once every untemplated rollout of one of its groups "
             "succeeded: the policy solves it unprompted, so it trains as a plain GRPO sample again "
             "(and a later phase can assign it anew if it turns hard). Needs untemplated_rollouts >= 1."
+        },
+    )
+
+    # ---- failures and several processes ----
+    preflight: bool = field(
+        default=True,
+        metadata={
+            "help": "Before step 1, check what a phase needs: the program and meta-prompt load, the "
+            "reflection model answers one short request, the policy checkpoint resolves and its server "
+            "starts. A failure stops the run before any training."
+        },
+    )
+    phase_retries: int = field(
+        default=1,
+        metadata={
+            "help": "A phase that failed for a passing reason (its policy server died, the teacher kept "
+            "answering 5xx) is run again this many times, the server relaunched. Configuration errors "
+            "are never retried: they stop the run."
+        },
+    )
+    min_phase_success: float = field(
+        default=0.5,
+        metadata={
+            "help": "p2o train exits 1 when, of the phases that were attempted, fewer than this share "
+            "finished (failed rounds are named in its last lines). 0 = never."
+        },
+    )
+    phase_wait_poll_seconds: float = field(
+        default=30.0,
+        metadata={
+            "help": "Several processes: while the main process runs a phase, the others wait in short "
+            "collectives of this period instead of one that lasts the whole phase (a phase may last "
+            "hours; a collective times out after ddp_timeout)."
         },
     )
 
@@ -453,6 +540,65 @@ class P2OConfig(GRPOConfig):
             self.retire_templates,
         )
         _check(self.heldout_every_steps >= 0, "heldout_every_steps", ">= 0", self.heldout_every_steps)
+        rs = self.reflection_server
+        _check(
+            rs in ("auto", "transformers", "vllm") or rs.startswith(("http://", "https://")),
+            "reflection_server",
+            "'auto', 'transformers', 'vllm' or an http(s) URL",
+            rs,
+        )
+        _check(
+            self.reflection_api_base is None or self.reflection_api_base.startswith(("http://", "https://")),
+            "reflection_api_base",
+            "None or an http(s) URL",
+            self.reflection_api_base,
+        )
+        env = self.reflection_api_key_env
+        _check(
+            env is None or (env.replace("_", "").isalnum() and not env[0].isdigit()),
+            "reflection_api_key_env",
+            "the NAME of an environment variable (like MOONSHOT_API_KEY), not a key",
+            "<hidden>" if env and len(env) > 40 else env,
+        )
+        if isinstance(self.reflection_litellm_kwargs, str):
+            import json
+
+            try:
+                self.reflection_litellm_kwargs = json.loads(self.reflection_litellm_kwargs)
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"reflection_litellm_kwargs: must be a JSON object ({e})") from e
+        _check(
+            self.reflection_litellm_kwargs is None or isinstance(self.reflection_litellm_kwargs, dict),
+            "reflection_litellm_kwargs",
+            "a mapping",
+            self.reflection_litellm_kwargs,
+        )
+        if isinstance(self.reflection_litellm_kwargs, dict):
+            secret = {"api_key", "key"} & set(self.reflection_litellm_kwargs)
+            _check(
+                not secret,
+                "reflection_litellm_kwargs",
+                "free of keys (put the key in an environment variable and name it in reflection_api_key_env)",
+                "{" + ", ".join(sorted(secret)) + ": <hidden>}",
+            )
+        _check(self.reflection_retries >= 0, "reflection_retries", ">= 0", self.reflection_retries)
+        _check(
+            self.reflection_retry_seconds >= 0,
+            "reflection_retry_seconds",
+            ">= 0",
+            self.reflection_retry_seconds,
+        )
+        _check(
+            self.reflection_max_input_tokens >= 256,
+            "reflection_max_input_tokens",
+            ">= 256",
+            self.reflection_max_input_tokens,
+        )
+        _check(self.phase_retries >= 0, "phase_retries", ">= 0", self.phase_retries)
+        _check(0 <= self.min_phase_success <= 1, "min_phase_success", "in [0, 1]", self.min_phase_success)
+        _check(
+            self.phase_wait_poll_seconds > 0, "phase_wait_poll_seconds", "> 0", self.phase_wait_poll_seconds
+        )
         server = self.policy_server
         _check(
             server in ("auto", "transformers", "vllm") or server.startswith(("http://", "https://")),

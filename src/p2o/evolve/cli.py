@@ -170,6 +170,7 @@ def run(argv: list[str]) -> int:
             "program": f"{program.name}@{program.seed_name} ({program.source})",
             "meta_prompt": str(meta_prompt.path),
             "reflection": config.reflection,
+            "chat_template_kwargs": config.chat_template_kwargs,
             "hard_samples": script_args.hard_samples or "mined",
             "budget": config.gepa_max_metric_calls,
             "output_dir": str(out),

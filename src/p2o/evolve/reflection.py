@@ -242,7 +242,7 @@ class LiteLLMReflector(Reflector):
 
                     time.sleep(min(60.0, self.retry_seconds * 2**attempt))
                     continue
-                if isinstance(e, litellm.APIConnectionError) and not isinstance(e, litellm.Timeout):
+                if _connection_refused(e):
                     raise ReflectionError(
                         f"reflection model {self.model!r}: the endpoint{self._where()} is unreachable after "
                         f"{self.retries + 1} tries: {_short(e)}. Check reflection_api_base and the network"
@@ -285,6 +285,26 @@ class LiteLLMReflector(Reflector):
             raise ReflectionError(f"{e} (in the check before training)") from e
         finally:
             self.max_tokens = saved
+
+
+def _connection_refused(e: BaseException) -> bool:
+    """No connection could be made (LiteLLM reports it as an APIConnectionError or, through the
+    openai client, as an InternalServerError 'Connection error.'): a time-out is not one."""
+    import litellm
+
+    if isinstance(e, litellm.Timeout):
+        return False
+    seen: BaseException | None = e
+    for _ in range(8):
+        if seen is None:
+            break
+        name = type(seen).__name__
+        if isinstance(seen, ConnectionError) or name in ("ConnectError", "APIConnectionError"):
+            return True
+        if "Connection error" in str(seen) or "Connection refused" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _short(e: Exception, n: int = 300) -> str:
