@@ -213,6 +213,18 @@ def run(argv: list[str]) -> int:
             f"output_dir: {out} holds an earlier run (rounds/, {STATE_FILE}); pass --resume to continue "
             "it, or choose another --output_dir"
         )
+    if script_args.resume:
+        from p2o.train.resume import holds_a_run
+
+        if not holds_a_run(out):
+            what = "does not exist" if not out.exists() else "holds no checkpoint and no p2o run"
+            raise ConfigError(
+                f"--resume: {out} {what}: nothing to resume. Check --output_dir, or drop --resume to start "
+                "a fresh run there"
+            )
+        finished = finished_run(out, config)
+        if finished is not None:
+            return finished
     task = load_task(script_args)
     if config.chat_template_kwargs is None and task.chat_template_kwargs:
         config.chat_template_kwargs = dict(task.chat_template_kwargs)
@@ -262,6 +274,27 @@ def run(argv: list[str]) -> int:
         )
         code = report_phases(summary["phases"], config)
     return code
+
+
+def finished_run(out: Path, config: P2OConfig) -> int | None:
+    """`--resume` on a run that already finished: say so, repeat its phase report and return the exit
+    status (None: there is training left to do)."""
+    path = out / "train_summary.json"
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(summary, dict) or summary.get("status") != "done":
+        return None
+    step = int(summary.get("global_step") or 0)
+    if config.max_steps > 0 and config.max_steps > step:
+        return None  # a longer run asked for: training goes on from the last checkpoint
+    print(
+        f"p2o train: {out} holds a finished run ({step} steps, model in {summary.get('final_model')}; "
+        f"{path}); nothing to resume. Raise --max_steps to train further, or choose another --output_dir.",
+        file=sys.stderr,
+    )
+    return report_phases(summary.get("phases") or phase_totals(summary.get("rounds") or []), config)
 
 
 def phase_totals(rounds: list[dict[str, Any]]) -> dict[str, Any]:

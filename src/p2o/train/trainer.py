@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -47,18 +48,22 @@ import torch
 from accelerate.utils import broadcast_object_list, gather, gather_object
 from transformers import TrainerCallback
 from trl import GRPOTrainer
-from trl.trainer.utils import pad
+from trl.trainer.utils import RepeatSampler, pad
 
 from p2o.config import P2OConfig
 from p2o.tasks.base import Sample, Task
 from p2o.templates import render_augmented
 from p2o.train.hard import HardSampleTracker
+from p2o.train.resume import CHECKPOINT_STATE_FILE
 from p2o.train.rewards import VerifierReward, completion_text
 from p2o.train.tracking import RoundTracking
 
 STATE_FILE = "p2o_state.json"
-CHECKPOINT_STATE_FILE = "p2o_trainer_state.json"
 SAMPLE_LOG_LIMIT = 400  # rows per round in rounds/round-NNN/samples.jsonl
+
+
+def _say(message: str) -> None:
+    print(f"p2o: {message}", file=sys.stderr, flush=True)
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -82,6 +87,26 @@ class PolicyHandle:
 
 
 PhaseRunner = Callable[..., Any]
+
+
+class EpochSeededRepeatSampler(RepeatSampler):
+    """TRL's `RepeatSampler` whose shuffle of epoch e is the same in a run resumed at epoch e as in
+    one that never stopped. TRL draws one permutation per epoch from a generator seeded once, so a
+    resumed run, whose generator starts afresh, would shuffle epoch e as the first epoch; here
+    `set_epoch(e)` (called by the training loop before each epoch) reseeds it and draws the e
+    permutations before it, which gives TRL's order exactly."""
+
+    @classmethod
+    def like(cls, sampler: RepeatSampler) -> EpochSeededRepeatSampler:
+        twin = cls.__new__(cls)
+        twin.__dict__.update(sampler.__dict__)
+        return twin
+
+    def set_epoch(self, epoch: int) -> None:
+        if self.shuffle and self.seed is not None:
+            self.generator.manual_seed(self.seed)
+            for _ in range(epoch):
+                torch.randperm(self.num_samples, generator=self.generator)
 
 
 class PhaseFatalError(RuntimeError):
@@ -159,6 +184,7 @@ class P2OTrainer(GRPOTrainer):
         self._last_rewards: torch.Tensor | None = None
         self._sample_log_rows = 0
         self._policy_server: Any = None
+        self._replay_rounds: set[int] = set()  # rounds finished after the checkpoint resumed from
         super().__init__(
             model=model,
             reward_funcs=[self.reward],
@@ -505,10 +531,22 @@ class P2OTrainer(GRPOTrainer):
             record["status"] = "skipped"
             record["reason"] = f"{len(hard_ids)} hard < min_hard_samples={self.args.min_hard_samples}"
         else:
-            if main:
-                self._notify("phase_started", index, len(hard_ids), self.state.global_step)
-            policy = self.sync_policy(rdir)
-            outcome = self._await_phase(lambda: self._phase_on_main(hard_ids, policy, rdir) if main else None)
+            # A round that finished after the checkpoint this run resumed from is read back, not rerun.
+            reused = (
+                self._await_phase(lambda: self._finished_round(index, rdir) if main else None)
+                if index in self._replay_rounds
+                else None
+            )
+            if reused is not None:
+                outcome, earlier = reused
+                record["reused"] = True
+            else:
+                if main:
+                    self._notify("phase_started", index, len(hard_ids), self.state.global_step)
+                policy = self.sync_policy(rdir)
+                outcome = self._await_phase(
+                    lambda: self._phase_on_main(hard_ids, policy, rdir) if main else None
+                )
             kind, value, attempts = outcome
             record["attempts"] = attempts
             if kind != "done":
@@ -538,6 +576,8 @@ class P2OTrainer(GRPOTrainer):
                 if isinstance(stats.get("cost"), dict):
                     record["cost"] = stats["cost"]
         record["seconds"] = round(time.perf_counter() - t0, 3)
+        if record.get("reused"):
+            record["seconds"] = earlier.get("seconds", record["seconds"])
         self.rounds.append(record)
         if main:
             write_json_atomic(rdir / "round.json", record)
@@ -581,6 +621,21 @@ class P2OTrainer(GRPOTrainer):
                     return "failed", message, attempts
                 self._relaunch_policy_server_if_dead()
                 self._notify("phase_retry", attempts, message)
+
+    def _finished_round(self, index: int, rdir: Path) -> tuple[tuple[str, Any, int], dict[str, Any]] | None:
+        """(outcome, earlier record) of round `index` when its phase finished, at this step, in the
+        run this one resumed (main process)."""
+        from p2o.train.resume import finished_round
+
+        found = finished_round(rdir, self.state.global_step)
+        if found is None:
+            return None
+        templates, assignments, stats, earlier = found
+        _say(
+            f"round {index} (step {self.state.global_step}) finished before the interruption: its "
+            f"{len(templates)} templates and {len(assignments)} assignments are read back from {rdir}"
+        )
+        return ("done", (templates, assignments, stats), 0), earlier
 
     def _relaunch_policy_server_if_dead(self) -> None:
         server = self._policy_server
@@ -726,48 +781,47 @@ class P2OTrainer(GRPOTrainer):
 
     def write_run_state(self, checkpoint: str | None = None) -> None:
         """`output_dir/p2o_state.json`: the rounds and the checkpoint each is tied to."""
-        path = Path(self.args.output_dir) / STATE_FILE
+        out = Path(self.args.output_dir)
+        path = out / STATE_FILE
         prev = json.loads(path.read_text()) if path.exists() else {}
-        checkpoints = prev.get("checkpoints", {})
+        checkpoints = {k: v for k, v in prev.get("checkpoints", {}).items() if (out / k).is_dir()}
         if checkpoint:
             checkpoints[checkpoint] = {"global_step": self.state.global_step, "rounds": len(self.rounds)}
+        latest = checkpoint or prev.get("latest_checkpoint")
         write_json_atomic(
             path,
             {
                 "rounds": self.rounds,
                 "checkpoints": checkpoints,
-                "latest_checkpoint": checkpoint or prev.get("latest_checkpoint"),
+                "latest_checkpoint": latest if latest in checkpoints else None,
                 "assigned_samples": len(self.assignments),
                 "retired_samples": len(self.retired),
                 "templates": len(self.templates),
             },
         )
 
+    def _get_train_sampler(self, dataset: Any = None) -> Any:
+        sampler = super()._get_train_sampler(dataset)
+        return EpochSeededRepeatSampler.like(sampler) if type(sampler) is RepeatSampler else sampler
+
     def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
         from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+        from p2o.train.resume import TRAINER_STATE_FILE
+
         folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-        if self.accelerator.is_main_process and folder.exists():
+        if self.accelerator.is_main_process:
+            # p2o's state first, TRL's trainer_state.json last: a folder holding both was saved to the
+            # end (`p2o.train.resume`); one a kill cut short is never taken for a resume point.
+            (folder / TRAINER_STATE_FILE).unlink(missing_ok=True)
             write_json_atomic(folder / CHECKPOINT_STATE_FILE, self.p2o_state())
+        super()._save_checkpoint(model, trial)
+        if self.accelerator.is_main_process and folder.exists():
             self.write_run_state(folder.name)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any):
         if resume_from_checkpoint:
-            from transformers.trainer_utils import get_last_checkpoint
-
-            ckpt = (
-                get_last_checkpoint(self.args.output_dir)
-                if resume_from_checkpoint is True
-                else str(resume_from_checkpoint)
-            )
-            if ckpt is None:
-                resume_from_checkpoint = None  # nothing saved yet: start from scratch
-            else:
-                state_file = Path(ckpt) / CHECKPOINT_STATE_FILE
-                if state_file.exists():
-                    self.load_p2o_state(json.loads(state_file.read_text()))
-                resume_from_checkpoint = ckpt
+            resume_from_checkpoint = self._resume_point(resume_from_checkpoint)
         self._boot_policy_server()
         try:
             self.preflight()
@@ -775,6 +829,88 @@ class P2OTrainer(GRPOTrainer):
         finally:
             if self._policy_server is not None:
                 self._policy_server.stop()
+
+    def _resume_point(self, resume_from_checkpoint: str | bool) -> str | None:
+        """The checkpoint to resume from (None: step 0, in a folder an interrupted run left before its
+        first checkpoint), with p2o's state restored from it and what the run will write again
+        dropped from the output folder. Says which checkpoint and which rounds."""
+        from p2o.config import ConfigError
+        from p2o.train import resume as R
+
+        out = Path(self.args.output_dir)
+        main = self.accelerator.is_main_process
+        if resume_from_checkpoint is True:
+            if not R.holds_a_run(out):
+                what = "does not exist" if not out.exists() else "holds no checkpoint and no p2o run"
+                raise ConfigError(
+                    f"resume: {out} {what}: nothing to resume. Check --output_dir, or drop --resume to "
+                    "start a fresh run"
+                )
+            point = R.find_resume_point(out)
+        else:
+            ckpt = Path(str(resume_from_checkpoint))
+            problem = R.checkpoint_problem(ckpt)
+            if problem:
+                raise ConfigError(
+                    f"resume_from_checkpoint: {ckpt} is not a complete checkpoint ({problem}); pass "
+                    f"another one, or --resume for the newest complete one in {out}"
+                )
+            point = R.ResumePoint(ckpt)
+        self.accelerator.wait_for_everyone()  # every rank has chosen before a folder is renamed
+        if main:
+            for folder, why in point.skipped:
+                aside = R.set_aside(folder)
+                _say(f"skipped {folder}: not a complete checkpoint ({why}); moved to {aside.name}")
+        step = 0
+        if point.checkpoint is not None:
+            self.load_p2o_state(json.loads((point.checkpoint / CHECKPOINT_STATE_FILE).read_text()))
+            step = int(json.loads((point.checkpoint / R.TRAINER_STATE_FILE).read_text())["global_step"])
+        # Rounds whose phase finished after that checkpoint: read back when training reaches them.
+        later = sorted(
+            int(p.parent.name.split("-")[1])
+            for p in (out / "rounds").glob("round-*/round.json")
+            if p.parent.name.split("-")[1].isdigit()
+        )
+        later = [i for i in later if i > len(self.rounds)]
+        box = [{i for i in later if R.finished_round(self.round_dir(i), self._round_step(i)) is not None}]
+        if self.accelerator.num_processes > 1:
+            broadcast_object_list(box, from_process=0)
+        self._replay_rounds = box[0]
+        if main:
+            # What the resumed steps will write again.
+            R.trim_jsonl(out / "heldout.jsonl", lambda row: int(row.get("step", -1)) < step)
+            for p in (out / "rounds").glob("round-*/samples.jsonl"):
+                R.trim_jsonl(p, lambda row: int(row.get("step", -1)) < step)
+            if point.checkpoint is None:
+                _say(f"no complete checkpoint in {out}: training starts again from step 0 in the same folder")
+            else:
+                _say(f"resuming from {point.checkpoint} (step {step}); {describe_rounds(self.rounds)}")
+            for i in sorted(self._replay_rounds):
+                _say(
+                    f"round {i} finished in the interrupted run after that point: it is read back from "
+                    f"{self.round_dir(i)}, not rerun, when training reaches step {self._round_step(i)}"
+                )
+        self.accelerator.wait_for_everyone()
+        return str(point.checkpoint) if point.checkpoint is not None else None
+
+    def _round_step(self, index: int) -> int:
+        try:
+            return int(json.loads((self.round_dir(index) / "round.json").read_text())["global_step"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return -1
+
+
+def describe_rounds(rounds: list[dict[str, Any]]) -> str:
+    """`restored rounds 1 (done: 5 templates, 134 samples assigned), 2 (failed)` for a resume message."""
+    if not rounds:
+        return "no round had run yet"
+    parts = []
+    for r in rounds:
+        what = str(r.get("status"))
+        if what == "done":
+            what += f": {r.get('n_templates')} templates, {r.get('n_assigned')} samples assigned"
+        parts.append(f"{r['round']} ({what})")
+    return f"restored round{'s' if len(rounds) > 1 else ''} " + ", ".join(parts)
 
 
 def crm_keep_mask(logp_x: torch.Tensor, logp_aug: torch.Tensor, low: float, high: float) -> torch.Tensor:
