@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from transformers import TrainerCallback
 
 
@@ -37,10 +38,10 @@ class RoundDisplay(TrainerCallback):
         )
 
     def phase_failed(self, index: int, error: str) -> None:
-        self.console.print(f"[red]round {index}: the phase failed:[/] {error}")
+        self.console.print(f"[red]round {index}: the phase failed:[/] {escape(error)}")
 
     def phase_retry(self, attempt: int, error: str) -> None:
-        self.console.print(f"[yellow]phase attempt {attempt} failed, retrying:[/] {error}")
+        self.console.print(f"[yellow]phase attempt {attempt} failed, retrying:[/] {escape(error)}")
 
     def report_round(self, record: dict[str, Any]) -> None:
         ph = record.get("phase", {})
@@ -53,5 +54,5 @@ class RoundDisplay(TrainerCallback):
             )
         elif record.get("status") == "skipped":
             self.console.print(
-                f"[yellow]round {record['round']}[/] @ step {record['global_step']}: skipped ({record.get('reason')})"
+                f"[yellow]round {record['round']}[/] @ step {record['global_step']}: skipped ({escape(str(record.get('reason')))})"
             )
