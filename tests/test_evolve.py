@@ -215,14 +215,20 @@ def test_teacher_reflection_keeps_the_api_key_out_of_every_file(
     first_word_world, tiny_policy_server, tmp_path, monkeypatch
 ):
     """Teacher-Ref through LiteLLM (its mock response: no network); the key stays in the environment."""
-    import functools
-
     import litellm
 
     secret = "sk-test-p2o-do-not-write-0123456789"
     monkeypatch.setenv("OPENAI_API_KEY", secret)
     reply = f"```\n{first_word_world.template}\n```"
-    monkeypatch.setattr(litellm, "completion", functools.partial(litellm.completion, mock_response=reply))
+    real = litellm.completion
+
+    # The policy client goes through LiteLLM too: only the teacher's calls get the mock response.
+    def teacher_mocked(*args, **kwargs):
+        if kwargs.get("model") == "openai/gpt-4o-mini":
+            kwargs["mock_response"] = reply
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(litellm, "completion", teacher_mocked)
     out = tmp_path / "phase"
     world = first_word_world
     result = run_phase(

@@ -21,6 +21,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "p2o.evolve.cli",
         "Run one prompt-evolution phase: evolve templates for hard samples with GEPA.",
     ),
+    "export": (
+        "p2o.templates.export",
+        "Write one evolved template program of a run as a DSPy program file (JSON) to load and call.",
+    ),
     "eval": ("p2o.evaluation.cli", "Evaluate checkpoints (and templates) on benchmarks: avg@n, pass@k."),
     "demo": ("p2o.demo", "Reproduce the paper's comparison in miniature on the toy world (CPU, minutes)."),
     "toy": (

@@ -65,8 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--template",
         type=Path,
         default=None,
-        help="A template z: prompts become T(x, z). A text file, or a templates.json of a prompt-evolution "
-        "phase (the template that solves most dev samples, or --template-id).",
+        help="A template z: prompts become T(x, z). A text file, a templates.json of a prompt-evolution "
+        "phase (the template that solves most dev samples, or --template-id), or an evolved program file "
+        "(programs/*.json of a phase, or what p2o export wrote).",
     )
     p.add_argument(
         "--template-id", default=None, help="With a templates.json: the id of the template to use."
@@ -116,6 +117,18 @@ def read_template(path: Path, template_id: str | None = None) -> str:
         raise ValueError(f"--template {path}: no such file (a text file, or a phase's templates.json)")
     text = path.read_text(encoding="utf-8")
     if path.suffix == ".json":
+        try:
+            p2o_info = (json.loads(text).get("metadata") or {}).get("p2o")
+        except (json.JSONDecodeError, AttributeError):
+            p2o_info = None
+        if isinstance(p2o_info, dict) and "template" in p2o_info:  # an evolved program file
+            if template_id is not None:
+                raise ValueError("--template-id needs --template pointing at a templates.json")
+            print(f"p2o eval: template {p2o_info.get('template_id')} of program file {path}", file=sys.stderr)
+            text = str(p2o_info["template"])
+            if not text.strip():
+                raise ValueError(f"--template {path}: the template is empty")
+            return text
         try:
             entries = json.loads(text)["templates"]
             by_id = {str(t["id"]): t for t in entries}

@@ -2,11 +2,14 @@
 
 `PolicyTemplateAdapter` implements gepa's `GEPAAdapter` protocol:
 
-- `evaluate(batch, candidate)` renders each hard sample through the template program's DSPy adapter
-  (the one renderer), samples the policy server `samples_per_item` times (default one greedy
-  sample), and scores each completion with the task's verifier; an item's score is the mean over its
-  samples. Requests run concurrently (`num_threads`). One failed request scores its sample 0 with the
-  reason; a server that is down raises `PolicyServerError` and stops the phase.
+- `evaluate(batch, candidate)` runs the template program on each hard sample as a DSPy call: the
+  program's predictor, with the candidate as its instruction, through `TemplateAdapter` (the one
+  renderer, so the bytes sent are the trainer's x̃) to the policy client's `dspy.LM` (never cached,
+  with the task's chat-template kwargs and the phase's sampling settings), `samples_per_item` times
+  (default one greedy sample); each completion is scored with the task's verifier and an item's
+  score is the mean over its samples. DSPy's history, callbacks and usage tracking see every call.
+  Calls run concurrently (`num_threads`). One failed request scores its sample 0 with the reason; a
+  server that is down raises `PolicyServerError` and stops the phase.
 - `make_reflective_dataset` shows the reflection model, per sample, the full original prompt x, the
   policy's whole output, and feedback: the verifier's verdict and, unless `include_gold=False`, the
   gold answer. Outputs are cut (in the middle, the cut marked) only when the reflection prompt would
@@ -202,6 +205,7 @@ class PolicyTemplateAdapter:
         self.log_dir = log_dir
         self.on_item = on_item
         self.component = program.predictor_name
+        self.dspy_adapter = TemplateAdapter(task.build_messages)
         self.counters = AdapterCounters()
         self._pool = ThreadPoolExecutor(max_workers=num_threads, thread_name_prefix="p2o-policy")
         self._lock = threading.Lock()
@@ -217,32 +221,34 @@ class PolicyTemplateAdapter:
     # ------------------------------------------------------------ evaluation
 
     def _renderer(self, template: str) -> Callable[[str], list[dict[str, str]]]:
-        signature = self.program.signature.with_instructions(template)
-        adapter = TemplateAdapter(self.task.build_messages)
-        field_name = self.program.input_field
-        return lambda problem: adapter.format(signature, [], {field_name: problem})
+        """problem -> x̃ under `template`, as the DSPy call below sends it (the trainer's rendering)."""
+        return lambda problem: self.program.render(self.task.build_messages, problem, template)
 
-    def _one(
-        self, messages: list[dict[str, str]], sample: Sample
-    ) -> tuple[str, float, str, str | None, str | None]:
-        """(completion, score, feedback, extracted, request error) for one rollout."""
+    def _one(self, predictor: Any, sample: Sample) -> tuple[str, float, str, str | None, str | None]:
+        """(completion, score, feedback, extracted, request error) for one rollout: one DSPy call."""
         try:
-            c = self.client.chat(messages, temperature=self.temperature, max_tokens=self.max_tokens)
+            prediction = self.client.predict(
+                predictor,
+                self.program.inputs(sample.problem),
+                adapter=self.dspy_adapter,
+                temperature=self.temperature,
+                max_tokens=self.max_tokens,
+            )
         except PolicyRequestError as e:
             return "", 0.0, f"The policy server rejected the request: {e}", None, str(e)
+        text = str(prediction.get(self.program.output_field) or "")
         try:
-            v = self.task.verifier(c.text, sample.answer)
-            return c.text, float(v.score), v.feedback, v.extracted, None
+            v = self.task.verifier(text, sample.answer)
+            return text, float(v.score), v.feedback, v.extracted, None
         except Exception as e:  # a verifier must not raise; if it does, this sample scores 0
-            return c.text, 0.0, f"The verifier failed on this output: {type(e).__name__}: {e}", None, None
+            return text, 0.0, f"The verifier failed on this output: {type(e).__name__}: {e}", None, None
 
     def rollout(self, template: str, samples: Sequence[Sample]) -> list[ItemResult]:
         """Roll the policy out on T(x, z) for `samples`, `samples_per_item` times each, concurrently."""
-        render = self._renderer(template)
-        messages = [render(s.problem) for s in samples]
+        predictor = self.program.predictor_with(template)
         k = self.samples_per_item
         futures = {
-            self._pool.submit(self._one, messages[i], s): (i, j)
+            self._pool.submit(self._one, predictor, s): (i, j)
             for i, s in enumerate(samples)
             for j in range(k)
         }

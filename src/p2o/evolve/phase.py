@@ -21,6 +21,9 @@ Outputs in `output_dir` (written atomically; a person can open each):
   `best_single` (the best one template alone), `metric_calls`, `reflection_calls`, `rejected` by
   reason, `seconds`, token counts, ...;
 - `phase.png` — dev solve fraction (any candidate, best single) against metric calls;
+- `programs/` — the evolved template program as DSPy program files (the module's own `save`,
+  JSON): `best.json` (the best single template) and `<template id>.json` for every cover template.
+  `p2o.templates.load_evolved(path)` gives one back ready to call; `p2o export` copies one out;
 - `gepa/` — GEPA's run directory (its state, `evaluations.jsonl` with every rollout's score,
   `proposals.jsonl` with every reflection reply and its verdict, `gepa_log.txt`).
 
@@ -57,6 +60,7 @@ from p2o.templates.meta_prompts import load_meta_prompt
 from p2o.templates.programs import TemplateProgram, load_program
 
 RUN_DIR = "gepa"
+PROGRAMS_DIR = "programs"
 MANIFEST = "p2o_run.json"
 
 
@@ -431,6 +435,7 @@ def run_phase(
                 "resumed": resumed,
                 "program": prog.name,
                 "program_source": prog.source,
+                "task": task.name,
                 "seed_template": prog.seed_name,
                 "reflection": reflector.name,
                 "meta_prompt": str(meta_prompt.path),
@@ -486,8 +491,9 @@ def _plot_progress(templates: list[dict[str, Any]], n_dev: int, stats: dict[str,
 
 def _dev_matrix(result: Any, program: TemplateProgram, dev: list[Sample]):
     """(template texts, template ids, score matrix over dev, ids of empty templates, cover set)."""
-    texts = [c[program.predictor_name] for c in result.candidates]
-    ids = [f"t{i}-{template_hash(t)[:6]}" for i, t in enumerate(texts)]
+    instructions = [c[program.predictor_name] for c in result.candidates]
+    ids = [f"t{i}-{template_hash(t)[:6]}" for i, t in enumerate(instructions)]
+    texts = [program.template(t) for t in instructions]  # z: the instruction and the program's demos
     dev_ids = [s.sample_id for s in dev]
     matrix = {
         ids[i]: {dev_ids[v]: float(score) for v, score in sorted(result.val_subscores[i].items())}
@@ -501,14 +507,41 @@ def _score_cover_on_train(
     result: Any, program: TemplateProgram, dev: list[Sample], train: list[Sample], adapter: Any
 ) -> dict[str, dict[str, float]]:
     """`assign_score_all`: every cover template scored on the train-side hard samples."""
-    texts, ids, _, _, cover = _dev_matrix(result, program, dev)
+    _, ids, _, _, cover = _dev_matrix(result, program, dev)
     dev_ids = {s.sample_id for s in dev}
     rest = [s for s in train if s.sample_id not in dev_ids]
     out: dict[str, dict[str, float]] = {}
+    instructions = {i: c[program.predictor_name] for i, c in zip(ids, result.candidates, strict=True)}
     for tid in cover:
-        batch = adapter.evaluate(rest, {program.predictor_name: texts[ids.index(tid)]})
+        batch = adapter.evaluate(rest, {program.predictor_name: instructions[tid]})
         out[tid] = {s.sample_id: float(v) for s, v in zip(rest, batch.scores, strict=True)}
     return out
+
+
+def _save_programs(
+    program: TemplateProgram,
+    templates: list[dict[str, Any]],
+    instructions: list[str],
+    best: str,
+    cover: list[str],
+    task: str | None,
+    folder: Path,
+) -> None:
+    """programs/best.json and programs/<id>.json (cover templates): DSPy program files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    by_id = {t["id"]: (t, instr) for t, instr in zip(templates, instructions, strict=True)}
+    for name, tid in [("best", best), *((tid, tid) for tid in cover)]:
+        t, instruction = by_id[tid]
+        info = {
+            "template_id": tid,
+            "task": task,
+            "mean": t["mean"],
+            "dev_solved": t["dev_solved"],
+            "in_cover": t["in_cover"],
+        }
+        tmp = folder / f".{name}.{os.getpid()}.tmp.json"
+        program.save_evolved(tmp, instruction, **info)
+        os.replace(tmp, folder / f"{name}.json")
 
 
 def _finalize(
@@ -543,10 +576,12 @@ def _finalize(
     n_dev = len(dev_ids)
     union = set().union(*solved.values()) if solved else set()
     best = max(ids, key=lambda t: (len(solved[t]), means[t]))
+    instructions = [c[comp] for c in result.candidates]
     templates = [
         {
             "id": ids[i],
             "text": texts[i],
+            **({"instruction": instructions[i]} if instructions[i] != texts[i] else {}),
             "parent": ids[result.parents[i][0]]
             if result.parents[i] and result.parents[i][0] is not None
             else None,
@@ -616,6 +651,7 @@ def _finalize(
     write_json_atomic(output_dir / "assignments.json", assignments)
     write_json_atomic(output_dir / "phase.json", stats)
     _plot_progress(templates, n_dev, stats, output_dir / "phase.png")
+    _save_programs(program, templates, instructions, best, cover, meta.get("task"), output_dir / PROGRAMS_DIR)
     return PhaseResult(
         templates=dict(zip(ids, texts, strict=True)),
         assignments=assignments,

@@ -15,12 +15,16 @@ _LAZY = {
     "MetaPrompt": "p2o.templates.meta_prompts",
     "list_meta_prompts": "p2o.templates.meta_prompts",
     "load_meta_prompt": "p2o.templates.meta_prompts",
+    "EvolvedProgram": "p2o.templates.programs",
     "ProgramError": "p2o.templates.programs",
     "TemplateAdapter": "p2o.templates.programs",
     "TemplateProgram": "p2o.templates.programs",
     "list_programs": "p2o.templates.programs",
+    "load_evolved": "p2o.templates.programs",
     "load_program": "p2o.templates.programs",
+    "read_evolved_info": "p2o.templates.programs",
     "template_of": "p2o.templates.programs",
+    "template_text": "p2o.templates.programs",
 }
 
 

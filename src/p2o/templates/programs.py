@@ -4,23 +4,37 @@ A program is found by name in `programs/` (`math_cot` → `programs/math_cot.py`
 and their order are in `p2o.resources`), by a `.py` path, or
 by a dotted path (`my_pkg.programs:MyProgram`). A program file defines:
 
-- `program`: a `dspy.Module` subclass (or instance) with exactly one predictor. Its signature has one
-  input field (the problem text) and one output field (the policy's whole completion).
+- `program`: a `dspy.Module` subclass (or instance) with exactly one predictor (`dspy.Predict`,
+  `dspy.ChainOfThought`, ...) of any signature shape. The first input field holds the problem; the
+  last output field receives the policy's whole completion (the task's verifier reads the answer
+  from it; other output fields, such as ChainOfThought's `reasoning`, stay empty: the policy's
+  reasoning is part of its completion).
 - `SEEDS` (optional): named seed templates, `{"empty": "", "stepwise": "Solve ..."}`; the first is
   the default. Without `SEEDS`, the predictor's own instruction is the seed (DSPy's generated
   placeholder instruction counts as empty).
 
 `name@seed` picks a named seed: `math_cot@stepwise`.
 
-The predictor's instruction *is* the template. `TemplateAdapter` (a DSPy adapter) turns a call of the
-program into x̃ = T(x, z) with the one renderer, so running the program through DSPy, scoring it in
-GEPA, and the trainer's templated rollouts all send the model the same messages.
+The predictor's instruction *is* the template; its demos, if any, are part of it too, rendered after
+the instruction as worked examples (`template_text`). `TemplateAdapter` (a DSPy adapter) turns a call
+of the program into x̃ = T(x, z) with the one renderer, so running the program through DSPy, scoring
+it in GEPA, and the trainer's templated rollouts all send the model the same messages.
+
+Why one predictor: context distillation trains log π(y | x) on rollouts generated from one prompt
+x̃ = T(x, z). A pipeline of several LM calls has no single x̃ whose completion is the answer, so a
+module with several predictors is refused.
+
+Evolved programs leave a phase as DSPy program files (the module's own `save`, JSON) in
+`<phase dir>/programs/`; `load_evolved(path)` gives one back as a module ready to call with any
+`dspy.LM` (`p2o export` copies one out of a run).
 """
 
 from __future__ import annotations
 
 import copy
 import importlib.util
+import json
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,21 +60,67 @@ def programs_dirs() -> list[Path]:
     return search_dirs("programs")
 
 
+# DSPy's placeholder instruction for a signature without one: "Given the fields `a`, `b`, produce the
+# fields `c`." ChainOfThought and other wrappers extend the signature but keep the original
+# placeholder, so any text of this shape counts as "no template".
+_PLACEHOLDER = re.compile(r"Given the fields? (`[^`]+`(, )?)+, produce the fields? (`[^`]+`(, )?)+\.")
+DEMOS_HEADER = "Worked examples:"
+
+
 def template_of(signature: type[dspy.Signature]) -> str:
-    """The template a signature carries: its instruction, with DSPy's generated placeholder = empty."""
+    """The instruction a signature carries: DSPy's generated placeholder = empty."""
     text = signature.instructions or ""
-    if text.strip() == _default_instructions(signature).strip():
+    if text.strip() == _default_instructions(signature).strip() or _PLACEHOLDER.fullmatch(text.strip()):
         return ""
     return text
+
+
+def _label(signature: type[dspy.Signature], name: str) -> str:
+    f = {**signature.input_fields, **signature.output_fields}[name]
+    prefix = (f.json_schema_extra or {}).get("prefix") or f"{name}:"
+    return prefix.strip()
+
+
+def demos_text(signature: type[dspy.Signature], demos: list[Any]) -> str:
+    """A predictor's demos as worked examples: each field labelled, inputs then outputs ('' for none)."""
+    blocks = []
+    for i, demo in enumerate(demos, 1):
+        d = demo.toDict() if hasattr(demo, "toDict") else dict(demo)
+        lines = [
+            f"{_label(signature, name)} {d[name]}"
+            for name in (*signature.input_fields, *signature.output_fields)
+            if str(d.get(name, "") or "").strip()
+        ]
+        if lines:
+            blocks.append(f"Example {i}\n" + "\n".join(lines))
+    return f"{DEMOS_HEADER}\n\n" + "\n\n".join(blocks) if blocks else ""
+
+
+def template_text(signature: type[dspy.Signature], demos: list[Any] | None = None) -> str:
+    """The template z a predictor stands for: its instruction, then its demos as worked examples."""
+    parts = [template_of(signature).strip(), demos_text(signature, list(demos or []))]
+    return "\n\n".join(p for p in parts if p)
+
+
+def problem_text(signature: type[dspy.Signature], inputs: dict[str, Any]) -> str:
+    """The problem the task turns into the user message. With only the first input field given (as
+    in a phase and in training, where a sample has one problem text): its value, unchanged. With
+    several: each given field labelled, in signature order, separated by blank lines."""
+    names = list(signature.input_fields)
+    given = [n for n in names if str(inputs.get(n, "") or "").strip()]
+    if given == names[:1] or not given:
+        return str(inputs.get(names[0], "") or "")
+    return "\n\n".join(f"{_label(signature, n)} {inputs[n]}" for n in given)
 
 
 class TemplateAdapter(dspy.Adapter):
     """A DSPy adapter that renders a template program's call as x̃ = T(x, z).
 
-    `format` builds the task's original messages x from the input field and prepends the predictor's
-    instruction z with `render_augmented`; `parse` returns the whole completion in the output field
-    (the task's verifier reads the answer from it). Demos are not used: a template is all a program
-    adds to the prompt.
+    `format` builds the task's original messages x from the input fields (`problem_text`) and
+    prepends the template z — the predictor's instruction and its demos as worked examples
+    (`template_text`) — with `render_augmented`; `parse` puts the whole completion in the last output
+    field (the task's verifier reads the answer from it) and leaves other output fields empty. An
+    empty completion is an empty answer, not an error: the verifier scores it.
     """
 
     def __init__(self, build_messages: PromptBuilder, **kwargs: Any):
@@ -68,13 +128,19 @@ class TemplateAdapter(dspy.Adapter):
         self.build_messages = build_messages
 
     def format(self, signature: type[dspy.Signature], demos: list[dict[str, Any]], inputs: dict[str, Any]):
-        (input_field,) = signature.input_fields
-        messages = self.build_messages(str(inputs[input_field]))
-        return render_augmented(messages, template_of(signature))
+        messages = self.build_messages(problem_text(signature, inputs))
+        return render_augmented(messages, template_text(signature, demos))
 
     def parse(self, signature: type[dspy.Signature], completion: str) -> dict[str, Any]:
-        (output_field,) = signature.output_fields
-        return {output_field: completion}
+        *others, answer = signature.output_fields
+        return {**{name: "" for name in others}, answer: completion}
+
+    def _call_postprocess(self, processed_signature, original_signature, outputs, lm, lm_kwargs):
+        values = []
+        for output in outputs:
+            text = output.get("text") if isinstance(output, dict) else output
+            values.append(self.parse(original_signature, text or ""))
+        return values
 
 
 @dataclass
@@ -91,16 +157,35 @@ class TemplateProgram:
     description: str = ""
 
     @property
+    def predictor(self) -> dspy.Predict:
+        return dict(self.module.named_predictors())[self.predictor_name]
+
+    @property
     def signature(self) -> type[dspy.Signature]:
-        return dict(self.module.named_predictors())[self.predictor_name].signature
+        return self.predictor.signature
+
+    @property
+    def demos(self) -> list[Any]:
+        return list(self.predictor.demos or [])
 
     @property
     def input_field(self) -> str:
+        """The field a sample's problem fills."""
         return next(iter(self.signature.input_fields))
 
     @property
     def output_field(self) -> str:
-        return next(iter(self.signature.output_fields))
+        """The field the policy's whole completion fills."""
+        return list(self.signature.output_fields)[-1]
+
+    def inputs(self, problem: str) -> dict[str, str]:
+        """The predictor's inputs for one sample: the problem in the first field, the others empty."""
+        return {name: (problem if i == 0 else "") for i, name in enumerate(self.signature.input_fields)}
+
+    def template(self, instruction: str) -> str:
+        """z for an evolved instruction: the instruction, then the program's demos as worked examples.
+        This is the text the trainer renders with `render_augmented` (= the instruction without demos)."""
+        return template_text(self.signature.with_instructions(instruction), self.demos)
 
     def with_template(self, template: str) -> dspy.Module:
         """A copy of the module whose predictor instruction is `template`."""
@@ -109,10 +194,37 @@ class TemplateProgram:
         predictor.signature = predictor.signature.with_instructions(template)
         return module
 
+    def predictor_with(self, instruction: str) -> dspy.Predict:
+        """A copy of the predictor (demos kept) whose instruction is `instruction`."""
+        predictor = copy.deepcopy(self.predictor)
+        predictor.signature = predictor.signature.with_instructions(instruction)
+        return predictor
+
     def render(self, build_messages: PromptBuilder, problem: str, template: str) -> Messages:
-        """x̃ for `problem` under `template`, exactly as `TemplateAdapter` sends it to the model."""
+        """x̃ for `problem` under instruction `template`, exactly as `TemplateAdapter` sends it."""
         signature = self.signature.with_instructions(template)
-        return TemplateAdapter(build_messages).format(signature, [], {self.input_field: problem})
+        return TemplateAdapter(build_messages).format(signature, self.demos, self.inputs(problem))
+
+    def save_evolved(self, path: str | Path, instruction: str, **info: Any) -> Path:
+        """Save the module with `instruction` as a DSPy program file (the module's own `save`, JSON).
+
+        `info` (template id, round, task, scores) goes under `metadata.p2o`, with what `load_evolved`
+        needs to rebuild the module: the program's source and the template text z."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        module = self.with_template(instruction)
+        module.save(str(path))
+        state = json.loads(path.read_text(encoding="utf-8"))
+        state.setdefault("metadata", {})["p2o"] = {
+            "program": self.name,
+            "program_source": self.source,
+            "predictor": self.predictor_name,
+            "instruction": instruction,
+            "template": self.template(instruction),
+            **info,
+        }
+        path.write_text(json.dumps(state, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        return path
 
 
 def _load_file(path: Path) -> Any:
@@ -181,15 +293,19 @@ def load_program(spec: str) -> TemplateProgram:
     predictors = module.named_predictors()
     if len(predictors) != 1:
         raise ProgramError(
-            f"template program {source} must have exactly one predictor (the template it evolves); "
-            f"found {len(predictors)}: {', '.join(n for n, _ in predictors) or '(none)'}"
+            f"template program {source} has {len(predictors)} predictors "
+            f"({', '.join(n for n, _ in predictors) or 'none'}); a template program needs exactly one predictor. P²O "
+            "distils what one prompt x̃ = T(x, z) unlocks into the policy's answer to x: a pipeline of "
+            "several LM calls has no single prompt whose completion is the answer. Keep the one predictor "
+            "whose instruction should evolve (dspy.Predict or dspy.ChainOfThought of any signature)."
         )
     predictor_name, predictor = predictors[0]
     sig = predictor.signature
-    if len(sig.input_fields) != 1 or len(sig.output_fields) != 1:
+    if not sig.input_fields or not sig.output_fields:
         raise ProgramError(
-            f"template program {source}: the predictor's signature needs one input field (the problem) and one "
-            f"output field (the completion); it has {list(sig.input_fields)} -> {list(sig.output_fields)}"
+            f"template program {source}: the predictor's signature needs at least one input field (the "
+            f"problem) and one output field (the completion); it has {list(sig.input_fields)} -> "
+            f"{list(sig.output_fields)}"
         )
     if not seeds:
         seeds = {"default": template_of(sig)}
@@ -209,3 +325,104 @@ def load_program(spec: str) -> TemplateProgram:
         seeds=seeds,
         description=description,
     )
+
+
+class EvolvedProgram(dspy.Module):
+    """An evolved template program, ready to call: the program's own module (with the evolved
+    instruction) run through the task's `TemplateAdapter`, so a call sends the policy exactly the
+    x̃ = T(x, z) the trainer generates from. Configure any `dspy.LM` as usual (`dspy.configure(lm=...)`
+    or `dspy.context(lm=...)`); `dspy.inspect_history()` shows the messages.
+
+    `program` is the plain module (hand it to `dspy.GEPA`, MIPRO, ... with
+    `dspy.context(adapter=evolved.adapter)`); `template` is z; `info` what p2o recorded about it.
+    """
+
+    def __init__(self, program: dspy.Module, adapter: TemplateAdapter, info: dict[str, Any]):
+        super().__init__()
+        self.program = program
+        self.adapter = adapter
+        self.info = dict(info)
+
+    @property
+    def template(self) -> str:
+        return str(self.info.get("template", ""))
+
+    def forward(self, **inputs: Any) -> dspy.Prediction:
+        with dspy.context(adapter=self.adapter):
+            return self.program(**inputs)
+
+
+def read_evolved_info(path: str | Path) -> dict[str, Any]:
+    """What p2o recorded in an evolved program file (`metadata.p2o`)."""
+    path = Path(path)
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise ProgramError(f"evolved program file {path} does not exist") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ProgramError(f"evolved program file {path} is not JSON: {e}") from e
+    info = (state.get("metadata") or {}).get("p2o") if isinstance(state, dict) else None
+    if not isinstance(info, dict):
+        raise ProgramError(
+            f"{path} is not an evolved p2o program (no metadata.p2o): load a plain DSPy program file "
+            "with YourModule().load(path) instead"
+        )
+    return info
+
+
+def load_evolved(
+    path: str | Path,
+    *,
+    task: Any = None,
+    program: str | TemplateProgram | None = None,
+) -> EvolvedProgram:
+    """An evolved program file (`<phase dir>/programs/*.json`, or what `p2o export` wrote) as a
+    module ready to call.
+
+    `task`: a `Task` or task name for the prompt builder x (default: the task recorded in the file,
+    by name, with its default arguments). `program`: the template program the file was saved from
+    (default: the one recorded, by its file path when it still exists, else by name).
+
+        import dspy
+        from p2o.templates import load_evolved
+
+        evolved = load_evolved("runs/toy_evolve/programs/best.json")
+        with dspy.context(lm=dspy.LM("openai/<served model>", api_base="http://127.0.0.1:8000/v1",
+                                     api_key="none", cache=False)):
+            print(evolved(problem="...").completion)
+        dspy.inspect_history()
+    """
+    path = Path(path)
+    info = read_evolved_info(path)
+    if isinstance(program, TemplateProgram):
+        prog = program
+    else:
+        spec = program or info.get("program_source") or info.get("program")
+        if program is None and not Path(str(spec)).exists() and info.get("program"):
+            spec = info["program"]  # the file it came from moved: find the program by name
+        prog = load_program(str(spec))
+    if task is None or isinstance(task, str):
+        name = task or info.get("task")
+        if not name:
+            raise ProgramError(f"{path} records no task: pass task= (a Task or a task name) to load_evolved")
+        from p2o.tasks.registry import get_task
+
+        task = get_task(name)
+    module = copy.deepcopy(prog.module)
+    try:
+        module.load(str(path))
+    except Exception as e:
+        raise ProgramError(
+            f"{path} does not fit template program {prog.source} ({type(e).__name__}: {e}); pass the "
+            "program it was saved from as program="
+        ) from e
+    evolved = EvolvedProgram(module, TemplateAdapter(task.build_messages), info)
+    predictor = dict(module.named_predictors()).get(info.get("predictor", prog.predictor_name))
+    if predictor is not None and "template" in info:
+        got = template_text(predictor.signature, list(predictor.demos or []))
+        if got.strip() != str(info["template"]).strip():
+            raise ProgramError(
+                f"{path}: the loaded program renders template {got[:80]!r}, but the file records "
+                f"{str(info['template'])[:80]!r}; the program {prog.source} changed since the file was saved"
+            )
+    return evolved
