@@ -77,3 +77,11 @@ def test_notebook_runs_at_smoke_size(path, tmp_path, monkeypatch):
         assert "p2o_teacher" in printed and "hard acc" in printed  # the plain accuracy table
         assert "round-001" in printed  # the evolved-templates cell reported the phase round
         assert "templated rows logged in total" in printed  # the trajectories cell ran to its end
+
+    if path.name == "templates.ipynb":
+        printed = _outputs(nb, "stream")
+        assert "seed template ''" in printed  # the ChainOfThought program loaded, no template yet
+        assert "best.json" in printed and "evolved template:" in printed
+        assert "messages sent == render_augmented(x, z): True" in printed
+        assert "User message" in printed or "user" in printed.lower()  # dspy.inspect_history printed
+        assert (out / "phase" / "programs" / "best.json").exists()
