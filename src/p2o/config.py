@@ -690,8 +690,87 @@ class P2OScriptArguments:
     resume: bool = field(default=False, metadata={"help": "p2o train: continue the run in output_dir."})
     dry_run: bool = field(default=False, metadata={"help": "Resolve the config, print the plan, exit."})
 
+    # ---- model loading and PEFT: the names of TRL's ModelConfig (`trl grpo`) ----
+    model_revision: str = field(
+        default="main", metadata={"help": "Hub revision of the model: a branch, tag or commit id."}
+    )
+    dtype: str | None = field(
+        default=None,
+        metadata={
+            "help": "Load the model under this dtype: bfloat16, float16, float32 or auto. None: TRL's "
+            "default (GRPOConfig.model_init_kwargs)."
+        },
+    )
+    attn_implementation: str | None = field(
+        default=None, metadata={"help": "Attention implementation: eager, sdpa, flash_attention_2, ..."}
+    )
+    use_peft: bool = field(
+        default=False,
+        metadata={
+            "help": "Train LoRA adapters instead of all weights. Templated rollouts, the loss on x and the "
+            "CRM run with the adapters active; each phase's policy checkpoint has them merged."
+        },
+    )
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
+    lora_target_modules: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Modules that get adapters (e.g. q_proj v_proj); None: PEFT's default for the model."
+        },
+    )
+    lora_modules_to_save: list[str] | None = field(
+        default=None, metadata={"help": "Modules trained in full beside the adapters (e.g. lm_head)."}
+    )
+    use_rslora: bool = field(default=False, metadata={"help": "Rank-stabilised LoRA scaling alpha/sqrt(r)."})
+    use_dora: bool = field(default=False, metadata={"help": "Weight-decomposed LoRA (DoRA)."})
+
+    def model_init_kwargs(self) -> dict[str, Any]:
+        """The `from_pretrained` options these fields ask for (what `trl grpo` passes)."""
+        out: dict[str, Any] = {}
+        if self.model_revision != "main":
+            out["revision"] = self.model_revision
+        if self.dtype is not None:
+            out["dtype"] = self.dtype
+        if self.attn_implementation is not None:
+            out["attn_implementation"] = self.attn_implementation
+        return out  # trust_remote_code is GRPOConfig's own field, forwarded by TRL
+
+    def peft_config(self) -> Any:
+        """A `peft.LoraConfig` when `use_peft`, built by TRL's own `get_peft_config`; else None."""
+        if not self.use_peft:
+            return None
+        from trl import ModelConfig, get_peft_config
+
+        try:
+            import peft  # noqa: F401
+        except ImportError as e:
+            raise ConfigError("use_peft: needs the peft package (pip install peft)") from e
+        return get_peft_config(
+            ModelConfig(
+                model_name_or_path=self.model_name_or_path,
+                use_peft=True,
+                lora_r=self.lora_r,
+                lora_alpha=self.lora_alpha,
+                lora_dropout=self.lora_dropout,
+                lora_target_modules=self.lora_target_modules,
+                lora_modules_to_save=self.lora_modules_to_save,
+                use_rslora=self.use_rslora,
+                use_dora=self.use_dora,
+            )
+        )
+
     def __post_init__(self) -> None:
         check_field_types(self)
+        _check(
+            self.dtype in (None, "auto", "bfloat16", "float16", "float32", "bf16", "fp16", "fp32"),
+            "dtype",
+            "one of auto, bfloat16, float16, float32",
+            self.dtype,
+        )
+        _check(self.lora_r >= 1, "lora_r", ">= 1", self.lora_r)
+        _check(0 <= self.lora_dropout < 1, "lora_dropout", "in [0, 1)", self.lora_dropout)
         _check(
             self.max_samples is None or self.max_samples >= 1, "max_samples", "None or >= 1", self.max_samples
         )

@@ -241,6 +241,10 @@ def run(argv: list[str]) -> int:
         held = task_samples(task, script_args.eval_dataset, **data_options(script_args))
         report_loaded(held, "eval ")
         eval_dataset = to_dataset(task, held.samples)
+    # Model options as `trl grpo` takes them: dtype, attention, revision (TRL loads the model with
+    # model_init_kwargs) and LoRA (TRL wraps the model with the PEFT config).
+    if script_args.model_init_kwargs():
+        config.model_init_kwargs = {**(config.model_init_kwargs or {}), **script_args.model_init_kwargs()}
     trainer = P2OTrainer(
         model=model,
         task=task,
@@ -250,6 +254,7 @@ def run(argv: list[str]) -> int:
         samples={s.sample_id: s for s in loaded.samples},
         enable_phases=config.max_phases != 0,
         callbacks=[RoundDisplay()],
+        peft_config=script_args.peft_config(),
     )
     from p2o.train.trainer import PhaseFatalError
 
@@ -263,9 +268,11 @@ def run(argv: list[str]) -> int:
         return 1
     seconds = time.perf_counter() - t0
     final = Path(config.output_dir) / "final"
-    trainer.save_model(str(final))
+    trainer.save_model(str(final / "adapter") if script_args.use_peft else str(final))
     code = 0
     if trainer.accelerator.is_main_process:
+        if script_args.use_peft:  # final/: the merged model (p2o eval, vllm serve); final/adapter/ beside it
+            trainer.merged_policy().save_pretrained(final, safe_serialization=True)
         trainer.processing_class.save_pretrained(final)
         summary = write_summary(trainer, seconds, final)
         print(

@@ -444,11 +444,20 @@ class P2OTrainer(GRPOTrainer):
             return PolicyHandle(url=base.rstrip("/") + "/v1", model_name=str(self.model.config._name_or_path))
         ckpt = round_dir / "policy"
         if self.accelerator.is_main_process:
-            unwrapped = self.accelerator.unwrap_model(self.model)
-            unwrapped.save_pretrained(ckpt, safe_serialization=True)
+            self.merged_policy().save_pretrained(ckpt, safe_serialization=True)
             self.processing_class.save_pretrained(ckpt)
         self.accelerator.wait_for_everyone()
         return PolicyHandle(checkpoint=ckpt)
+
+    def merged_policy(self) -> Any:
+        """The policy as one plain model: with LoRA, a copy with the adapters merged into the weights
+        (what a server loads); the training model keeps its adapters."""
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        if hasattr(unwrapped, "merge_and_unload"):
+            import copy
+
+            return copy.deepcopy(unwrapped).merge_and_unload()
+        return unwrapped
 
     def evolve_phase(
         self,
