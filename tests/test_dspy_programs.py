@@ -65,6 +65,11 @@ class FakePolicyServer:
             def log_message(self, *args):
                 pass
 
+            def do_GET(self):  # /health
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with outer.lock:
@@ -387,3 +392,64 @@ def test_export_names_what_is_wrong(tmp_path, capsys):
     with pytest.raises(ProgramError, match="not an evolved p2o program"):
         (tmp_path / "plain.json").write_text(json.dumps({"self": {}, "metadata": {}}))
         load_evolved(tmp_path / "plain.json")
+
+
+def test_a_phase_with_demos_sends_what_the_trainer_renders_from_templates_json(fake_server, tmp_path):
+    """templates.json's text is z (instruction + demos); every request of the phase is
+    render_augmented(x, z) of the seed or of a proposal, byte for byte."""
+    from p2o.evolve import run_phase
+
+    path = _program_file(
+        tmp_path,
+        "demos",
+        """
+        class P(dspy.Module):
+            def __init__(self):
+                super().__init__()
+                self.solve = dspy.Predict("problem -> completion")
+                self.solve.demos = [dspy.Example(problem="1 + 1", completion="2")]
+
+        program = P
+        """,
+    )
+    program = load_program(path)
+    task = Task(name="t", build_messages=build_messages, verifier=exact_verifier)
+    samples = [Sample(f"s{i}", f"{i} + {i}", str(2 * i)) for i in range(6)]
+    out = tmp_path / "phase"
+    config = P2OConfig(
+        output_dir=str(out),
+        program=path,
+        gepa_max_metric_calls=12,
+        gepa_num_threads=2,
+        num_generations=2,
+        per_device_train_batch_size=2,
+        seed=0,
+    )
+    result = run_phase(
+        config,
+        task,
+        samples,
+        (fake_server.url.removesuffix("/v1"), "policy"),
+        out,
+        reflection_lm=lambda prompt: "```\nAdd the two numbers.\n```",
+        progress=False,
+    )
+    saved = json.loads((out / "templates.json").read_text())["templates"]
+    assert saved[0]["text"] == program.template("") == result.templates[saved[0]["id"]]
+    assert saved[0]["text"].startswith("Worked examples:") and saved[0]["instruction"] == ""
+    zs = [program.template(""), program.template("Add the two numbers.")]
+    allowed = [json.dumps(render_augmented(build_messages(s.problem), z)) for s in samples for z in zs]
+    assert fake_server.bodies and all(json.dumps(b["messages"]) in allowed for b in fake_server.bodies)
+    assert any("Add the two numbers." in b["messages"][-1]["content"] for b in fake_server.bodies)
+    # A training run's round: any template of templates.json exports, in the cover or not.
+    import shutil
+
+    from p2o.templates.export import main as export_main
+
+    shutil.copytree(out, tmp_path / "run" / "rounds" / "round-002")
+    target = tmp_path / "seed.json"
+    argv = ["--run", str(tmp_path / "run"), "--round", "2", "--template_id", saved[0]["id"]]
+    assert export_main([*argv, "--output", str(target)]) == 0
+    evolved = load_evolved(target, task=task)
+    assert evolved.template == program.template("") and evolved.info["template_id"] == saved[0]["id"]
+    assert export_main(["--run", str(tmp_path / "run"), "--round", "1", "--output", str(target)]) == 2
