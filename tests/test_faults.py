@@ -237,6 +237,24 @@ def test_killed_mid_phase_mid_checkpoint_and_mid_step_resumes_to_the_uninterrupt
     assert [r["status"] for r in summary["rounds"]] == ["done"] and summary["global_step"] == 3
 
 
+@pytest.mark.slow
+def test_a_policy_server_killed_mid_phase_is_relaunched_for_the_retry_and_later_rounds(recipe, tmp_path):
+    out = tmp_path / "run"
+    evals = out / "rounds/round-001/evolve/gepa/evaluations.jsonl"
+    proc = start(recipe, out, "--max_steps", "4", "--max_phases", "2", "--save_strategy", "no")
+    wait_for(proc, lambda: lines(evals) >= 4, "evaluations stored by round 1's phase")
+    servers = [pid for pid in _descendants(proc.pid) if b"serve" in _cmdline(pid)]
+    assert servers, "the run should have a policy server by now"
+    for pid in servers:
+        os.kill(pid, signal.SIGKILL)
+    rc, log = finish(proc, out)
+    assert rc == 0, log
+    assert "phase attempt 1 failed, retrying: PolicyServerError" in log and "Traceback" not in log
+    rounds = json.loads((out / "train_summary.json").read_text())["rounds"]
+    assert [(r["status"], r["attempts"]) for r in rounds] == [("done", 2), ("done", 1)]
+    assert all(r["n_assigned"] > 0 for r in rounds)
+
+
 def _cmdline(pid: int) -> bytes:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
