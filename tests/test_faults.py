@@ -370,6 +370,9 @@ def test_the_newest_complete_checkpoint_is_the_resume_point(tmp_path):
     _checkpoint(tmp_path / "checkpoint-10", p2o_state=None)
     assert set_aside(tmp_path / "checkpoint-10").name == "incomplete-checkpoint-10-2"
     assert find_resume_point(tmp_path).checkpoint == good
+    zero3 = _checkpoint(tmp_path / "checkpoint-20", weights=False)
+    (zero3 / "global_step20").mkdir()  # DeepSpeed's sharded weights
+    assert find_resume_point(tmp_path).checkpoint == zero3
 
 
 def test_rows_a_resumed_run_writes_again_are_dropped(tmp_path):

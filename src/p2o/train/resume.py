@@ -58,8 +58,10 @@ def checkpoint_problem(folder: Path) -> str | None:
             return problem
         if not isinstance(data, dict):
             return f"{name} does not hold a JSON object"
+    # DeepSpeed keeps its (sharded) weights in global_stepN/, FSDP in pytorch_model_fsdp_*.
     weights = any((folder / w).is_file() for w in WEIGHT_FILES) or any(
-        p.is_dir() and "pytorch_model_fsdp" in p.name for p in folder.iterdir()
+        p.is_dir() and (p.name.startswith("global_step") or "pytorch_model_fsdp" in p.name)
+        for p in folder.iterdir()
     )
     if not weights:
         return "no model weights in it"
