@@ -716,30 +716,26 @@ class P2OTrainer(GRPOTrainer):
                 **(self.task.chat_template_kwargs or {}),
                 **(self.args.chat_template_kwargs or {}),
             }
+            where = reflection_server(self.args)
+            remote_initial = spec == "initial" and where.startswith(("http://", "https://"))
             if self.reflection_lm is not None:
                 checks["reflection"] = "given in code (not checked)"
-            elif spec.startswith("teacher:"):
-                reflector = reflector_from_config(self.args)
+            elif spec.startswith("teacher:") or remote_initial:
+                reflector = reflector_from_config(
+                    self.args,
+                    initial_model=self.initial_model,
+                    log_dir=Path(self.args.output_dir),
+                    chat_template_kwargs=template_kwargs,
+                )
                 try:
                     reflector.preflight()
                 finally:
                     reflector.close()
-                checks["reflection"] = f"{reflector.name} answered"
+                checks["reflection"] = f"{reflector.name} answered" + (
+                    f" at {where}" if remote_initial else ""
+                )
             elif spec == "initial":
-                where = reflection_server(self.args)
-                if where.startswith(("http://", "https://")):
-                    reflector = reflector_from_config(
-                        self.args,
-                        initial_model=self.initial_model,
-                        log_dir=Path(self.args.output_dir),
-                        chat_template_kwargs=template_kwargs,
-                    )
-                    try:
-                        reflector.preflight()
-                    finally:
-                        reflector.close()
-                    checks["reflection"] = f"initial policy at {where} answered"
-                elif where == "transformers":
+                if where == "transformers":
                     checks["reflection"] = f"initial policy {resolve_checkpoint(self.initial_model)}"
                 else:
                     checks["reflection"] = (
