@@ -326,7 +326,7 @@ def test_rehearsal_of_every_paper_recipe(tmp_path):
     report = json.loads((tmp_path / "r/rehearsal.json").read_text())
     assert proc.returncode == 0 and report["status"] == "done", (report.get("failed"), proc.stderr[-3000:])
     recipes = report["recipes"]
-    assert len([n for n in recipes if "@" not in n]) == 10
+    assert len([n for n in recipes if "@" not in n]) == 10 and len(recipes) == 12
     for name, entry in recipes.items():
         assert entry["train"]["status"] == "done", name
         if "grpo" in name:
@@ -337,6 +337,7 @@ def test_rehearsal_of_every_paper_recipe(tmp_path):
         if "teacher" in name or "no_distill" in name:
             assert entry["teacher_answered"] > 0, name
     assert recipes["deepscaler_p2o_teacher@2proc"]["world_size"] == 2
+    assert recipes["deepscaler_p2o_self@self"]["phases"][0]["status"] == "done"  # reflection: self
     checks = report["checks"]
     assert all(c["status"] == "done" for c in checks.values()), checks
     assert (

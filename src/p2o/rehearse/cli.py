@@ -29,6 +29,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="Recipe (by name) also run under accelerate launch with 2 processes; '' to skip.",
     )
     p.add_argument(
+        "--self-run",
+        "--self_run",
+        default="deepscaler_p2o_self",
+        help="Recipe (by name) also run with reflection: self (the live policy reflects); '' to skip.",
+    )
+    p.add_argument(
         "--resume",
         default="deepscaler_p2o_teacher",
         help="Recipe killed (kill -9) after its first checkpoint and resumed; '' to skip.",
@@ -63,7 +69,10 @@ def run(argv: list[str]) -> int:
 
     rehearsal = Rehearsal(recipes, Path(args.output), steps=args.steps)
     report = rehearsal(
-        two_process=args.two_process or None, resume=args.resume or None, refused=args.refused_key or None
+        two_process=args.two_process or None,
+        resume=args.resume or None,
+        refused=args.refused_key or None,
+        self_ref=args.self_run or None,
     )
     from rich.console import Console
     from rich.table import Table

@@ -178,7 +178,9 @@ class Rehearsal:
             )
         )
 
-    def recipe(self, recipe: Path, *, processes: int = 1, name: str | None = None) -> dict[str, Any]:
+    def recipe(
+        self, recipe: Path, *, processes: int = 1, name: str | None = None, extra: tuple[str, ...] = ()
+    ) -> dict[str, Any]:
         import yaml
 
         name = name or recipe.stem
@@ -190,6 +192,7 @@ class Rehearsal:
             "--output_dir",
             str(out_dir),
             *sizes(config, self.steps, processes),
+            *extra,
         ]
         if processes > 1:
             # On CPU accelerate starts several processes through torchrun only with --multi_gpu and
@@ -230,6 +233,7 @@ class Rehearsal:
         elif code == 0:
             stage["status"] = "failed"
             stage["error"] = f"no {summary_path}"
+        config.update({k.lstrip("-"): v for k, v in zip(extra[::2], extra[1::2], strict=True)})
         if str(config.get("reflection", "")).startswith("teacher:"):
             entry["teacher_requests"] = after["calls"] - before["calls"]
             entry["teacher_answered"] = after["answered"] - before["answered"]
@@ -342,7 +346,9 @@ class Rehearsal:
 
     # ------------------------------------------------------------------ the whole thing
 
-    def __call__(self, *, two_process: str | None, resume: str | None, refused: str | None) -> dict[str, Any]:
+    def __call__(
+        self, *, two_process: str | None, resume: str | None, refused: str | None, self_ref: str | None = None
+    ) -> dict[str, Any]:
         t0 = time.perf_counter()
         try:
             self.setup()
@@ -352,6 +358,10 @@ class Rehearsal:
             if two_process and two_process in by_name:
                 self.report["recipes"][f"{two_process}@2proc"] = self.recipe(
                     by_name[two_process], processes=2, name=f"{two_process}-2proc"
+                )
+            if self_ref and self_ref in by_name:  # `reflection: self`: the live policy reflects
+                self.report["recipes"][f"{self_ref}@self"] = self.recipe(
+                    by_name[self_ref], name=f"{self_ref}-self", extra=("--reflection", "self")
                 )
             trained = [e for e in self.report["recipes"].values() if e["train"]["status"] == "done"]
             if trained:
