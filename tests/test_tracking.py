@@ -92,7 +92,7 @@ def train_tiny(tiny_model: Path, out: Path, **kw):
         train_dataset=to_dataset(task, tiny_samples()),
         phase_runner=scripted_phase,
     )
-    trainer.add_callback(RoundTracking(trainer))
+    assert sum(isinstance(cb, RoundTracking) for cb in trainer.callback_handler.callbacks) == 1  # built in
     trainer.train()
     return trainer
 
