@@ -45,7 +45,9 @@ def build_tiny_policy(path: Path, seed: int = 0, init_range: float = 0.5) -> Pat
     """A tiny Qwen3 checkpoint `transformers serve` can load: tokenizer, chat template, weights."""
     import torch
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+    from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen3ForCausalLM
+
+    from p2o.rehearse.standins import tiny_qwen3_config
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -70,21 +72,7 @@ def build_tiny_policy(path: Path, seed: int = 0, init_range: float = 0.5) -> Pat
     )
     fast.save_pretrained(path)
     eos = vocab["<|im_end|>"]
-    cfg = Qwen3Config(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-        max_position_embeddings=512,
-        initializer_range=init_range,
-        tie_word_embeddings=True,
-        pad_token_id=0,
-        eos_token_id=eos,
-        bos_token_id=None,
-    )
+    cfg = tiny_qwen3_config(len(vocab), pad=0, eos=eos, max_positions=512, init_range=init_range)
     torch.manual_seed(seed)
     model = Qwen3ForCausalLM(cfg)
     model.generation_config = GenerationConfig(eos_token_id=eos, pad_token_id=0, do_sample=False)

@@ -18,7 +18,9 @@ TEMPLATE = "HINT think step by step"
 
 def build_tiny_model(path: Path) -> Path:
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+    from transformers import PreTrainedTokenizerFast, Qwen3ForCausalLM
+
+    from p2o.rehearse.standins import tiny_qwen3_config
 
     specials = ["<pad>", "<eos>", "<unk>", "<user>", "<assistant>"]
     vocab = {w: i for i, w in enumerate(specials + WORDS)}
@@ -33,20 +35,7 @@ def build_tiny_model(path: Path) -> Path:
     )
     fast.save_pretrained(path)
     torch.manual_seed(0)
-    cfg = Qwen3Config(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-        max_position_embeddings=64,
-        pad_token_id=0,
-        eos_token_id=1,
-        bos_token_id=1,
-        tie_word_embeddings=True,
-    )
+    cfg = tiny_qwen3_config(len(vocab), pad=0, eos=1, bos=1, max_positions=64)
     model = Qwen3ForCausalLM(cfg)
     model.generation_config.eos_token_id = 1
     model.generation_config.pad_token_id = 0

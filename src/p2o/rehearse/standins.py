@@ -47,11 +47,40 @@ def _repo_folder(hub_id: str) -> str:
     return "models--" + hub_id.replace("/", "--")
 
 
+def tiny_qwen3_config(
+    vocab_size: int,
+    *,
+    pad: int,
+    eos: int,
+    bos: int | None = None,
+    max_positions: int = 4096,
+    init_range: float = 0.02,
+) -> Any:
+    """The tiny Qwen3 architecture of the stand-ins and the tests: 2 layers, hidden 32, 2 heads."""
+    from transformers import Qwen3Config
+
+    return Qwen3Config(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        max_position_embeddings=max_positions,
+        initializer_range=init_range,
+        tie_word_embeddings=True,
+        pad_token_id=pad,
+        eos_token_id=eos,
+        bos_token_id=bos,
+    )
+
+
 def build_tiny_qwen3(path: Path, *, seed: int = 0, max_positions: int = 4096) -> Path:
     """A tiny random Qwen3 (2 layers, hidden 32) with a byte-level BPE tokenizer, saved to `path`."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+    from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen3ForCausalLM
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -72,20 +101,7 @@ def build_tiny_qwen3(path: Path, *, seed: int = 0, max_positions: int = 4096) ->
     vocab_size = len(fast)
     eos = fast.convert_tokens_to_ids("<|im_end|>")
     pad = fast.convert_tokens_to_ids("<|endoftext|>")
-    cfg = Qwen3Config(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-        max_position_embeddings=max_positions,
-        tie_word_embeddings=True,
-        pad_token_id=pad,
-        eos_token_id=eos,
-        bos_token_id=None,
-    )
+    cfg = tiny_qwen3_config(vocab_size, pad=pad, eos=eos, max_positions=max_positions)
     torch.manual_seed(seed)
     model = Qwen3ForCausalLM(cfg)
     model.generation_config = GenerationConfig(eos_token_id=eos, pad_token_id=pad, do_sample=False)
