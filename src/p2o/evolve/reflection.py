@@ -140,8 +140,6 @@ class LiteLLMReflector(Reflector):
         self.retries = int(kwargs.pop("num_retries", retries))
         self.retry_seconds = retry_seconds
         self.litellm_kwargs = kwargs
-        self.cost_usd = 0.0
-        self.cost_known = True
         quiet_litellm()
 
     def _api_key(self) -> str | None:
@@ -199,14 +197,14 @@ class LiteLLMReflector(Reflector):
             return f"check the key in {var} (reflection_api_key_env)"
         return f"check the key in {var} (LiteLLM's variable for this provider), or name another in reflection_api_key_env"
 
-    def __call__(self, prompt: str) -> ReflectionReply:
+    def __call__(self, prompt: str, max_tokens: int | None = None) -> ReflectionReply:
         import litellm
 
         kwargs: dict[str, Any] = {
             "model": self.model,
             "messages": [{"role": "user", "content": prompt}],
             "temperature": self.temperature,
-            "max_tokens": self.max_tokens,
+            "max_tokens": self.max_tokens if max_tokens is None else max_tokens,
             "caching": False,
             "num_retries": 0,  # p2o retries itself, with backoff, and tells passing from lasting errors
             **self.litellm_kwargs,
@@ -258,15 +256,10 @@ class LiteLLMReflector(Reflector):
                 raise TransientReflectionError(f"reflection model {self.model!r}: {_short(e)}") from e
         choice = resp.choices[0]
         usage = getattr(resp, "usage", None)
-        cost = None
         try:
-            cost = float(litellm.completion_cost(completion_response=resp))
+            cost: float | None = float(litellm.completion_cost(completion_response=resp))
         except Exception:  # no price known for this model (a self-hosted endpoint)
             cost = None
-        if cost is None:
-            self.cost_known = False
-        else:
-            self.cost_usd += cost
         return ReflectionReply(
             text=choice.message.content or "",
             finish_reason=choice.finish_reason,
@@ -277,14 +270,10 @@ class LiteLLMReflector(Reflector):
 
     def preflight(self) -> None:
         self.check_environment()
-        saved = self.max_tokens
-        self.max_tokens = 16
         try:
-            self(PREFLIGHT_PROMPT)
+            self(PREFLIGHT_PROMPT, max_tokens=16)
         except TransientReflectionError as e:
             raise ReflectionError(f"{e} (in the check before training)") from e
-        finally:
-            self.max_tokens = saved
 
 
 def _connection_refused(e: BaseException) -> bool:

@@ -336,6 +336,12 @@ class PolicyServer:
             f"(raise policy_server_timeout if the model is large); log: {self.log_path}\n{log_tail(self.log_path)}"
         )
 
+    def wait_healthy(self) -> None:
+        """Return once the server answers `/health` (at once when it already did); a server launched
+        without waiting (`launch()`) is waited for here. Raises `PolicyServerError`."""
+        if not self._healthy:
+            self._wait_healthy()
+
     def use_checkpoint(self, path: str | Path) -> None:
         """Serve the checkpoint in `path` from now on: new weights, nothing cached from the old ones."""
         if not self.running:
@@ -349,8 +355,7 @@ class PolicyServer:
             self._restart(new)
             return
         ckpt = _checkpoint_dir(path)
-        if not self._healthy:  # launched without waiting
-            self._wait_healthy()
+        self.wait_healthy()
         try:
             httpx.post(f"{self.url}/reset", timeout=60.0).raise_for_status()
             events = self._load_model(ckpt)

@@ -29,7 +29,6 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,17 +65,6 @@ def sizes(config: dict[str, Any], steps: int, processes: int = 1) -> list[str]:
     for key, value in out.items():
         args += [f"--{key}", str(value)]
     return args
-
-
-@dataclass
-class Stage:
-    name: str
-    status: str = "pending"
-    seconds: float = 0.0
-    detail: dict[str, Any] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"status": self.status, "seconds": round(self.seconds, 2), **self.detail}
 
 
 class Rehearsal:
@@ -140,6 +128,22 @@ class Rehearsal:
 
     # ------------------------------------------------------------------ stages
 
+    def train_args(
+        self, recipe: Path, out_dir: Path, steps: int, processes: int = 1
+    ) -> tuple[dict[str, Any], list[str]]:
+        """(the recipe's YAML, `p2o train` arguments: the recipe as written, only its sizes set)."""
+        import yaml
+
+        config = yaml.safe_load(recipe.read_text())
+        argv = [
+            "--config",
+            str(recipe.resolve()),
+            "--output_dir",
+            str(out_dir),
+            *sizes(config, steps, processes),
+        ]
+        return config, argv
+
     def setup(self) -> None:
         import yaml
 
@@ -181,19 +185,10 @@ class Rehearsal:
     def recipe(
         self, recipe: Path, *, processes: int = 1, name: str | None = None, extra: tuple[str, ...] = ()
     ) -> dict[str, Any]:
-        import yaml
-
         name = name or recipe.stem
-        config = yaml.safe_load(recipe.read_text())
         out_dir = self.out / "runs" / name
-        argv = [
-            "--config",
-            str(recipe.resolve()),
-            "--output_dir",
-            str(out_dir),
-            *sizes(config, self.steps, processes),
-            *extra,
-        ]
+        config, argv = self.train_args(recipe, out_dir, self.steps, processes)
+        argv += extra
         if processes > 1:
             # On CPU accelerate starts several processes through torchrun only with --multi_gpu and
             # ACCELERATE_USE_CPU=1 (gloo); `--cpu` alone would need mpirun and run one process.
@@ -273,11 +268,8 @@ class Rehearsal:
 
     def kill_and_resume(self, recipe: Path) -> dict[str, Any]:
         """Start a run, kill -9 its whole process group once a checkpoint exists, resume it."""
-        import yaml
-
-        config = yaml.safe_load(recipe.read_text())
         out_dir = self.out / "runs" / "killed-and-resumed"
-        argv = ["--config", str(recipe.resolve()), "--output_dir", str(out_dir), *sizes(config, 6)]
+        _, argv = self.train_args(recipe, out_dir, 6)
         log_path = self.out / "logs" / "killed.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
@@ -314,11 +306,8 @@ class Rehearsal:
 
     def refused_key(self, recipe: Path) -> dict[str, Any]:
         """A teacher that refuses the key must stop the run before step 1, naming the variable."""
-        import yaml
-
-        config = yaml.safe_load(recipe.read_text())
         out_dir = self.out / "runs" / "refused-key"
-        argv = ["--config", str(recipe.resolve()), "--output_dir", str(out_dir), *sizes(config, self.steps)]
+        _, argv = self.train_args(recipe, out_dir, self.steps)
         code, secs = self.run("refused-key", self.p2o("train", *argv), key="not-the-key")
         text = (self.out / "logs" / "refused-key.log").read_text(encoding="utf-8", errors="replace")
         stopped = [line for line in text.splitlines() if "p2o train: stopped" in line]

@@ -745,8 +745,7 @@ class P2OTrainer(GRPOTrainer):
                 checks["reflection"] = spec
             if self._policy_server is not None:
                 server = self._policy_server
-                if not server._healthy:
-                    server._wait_healthy()
+                server.wait_healthy()
                 checks["policy_server"] = f"{server.backend} at {server.url}"
         except (ReflectionError, PolicyServerError) as e:
             return f"{type(e).__name__}: {e}"
