@@ -161,10 +161,11 @@ class _Progress:
         self.bar.close()
 
 
-def weights_digest(path: Path, chunks: int = 64, chunk_bytes: int = 1 << 16) -> str:
-    """A digest of a weights file's content (its size and `chunks` evenly spread samples): equal for
-    the same weights saved again (file times differ), different for weights a step changed, and fast
-    on a multi-GB file."""
+def weights_digest(path: Path, chunks: int = 1024, chunk_bytes: int = 1 << 16) -> str:
+    """A digest of a weights file's content (its size and `chunks` evenly spread samples of 64 KiB):
+    equal for the same weights saved again (file times differ), different for weights a step changed
+    even when only some modules train (LoRA on two projections changes ~15% of a file: 1024 samples
+    all missing it has odds below 1e-70), and 64 MiB read on a multi-GB file."""
     size = path.stat().st_size
     h = hashlib.sha1(str(size).encode())
     with path.open("rb") as f:
