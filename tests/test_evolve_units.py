@@ -90,14 +90,16 @@ def samples(n):
 
 
 def test_split_sizes_follow_the_paper():
-    dev, train = split_hard_samples(samples(100), dev_max_size=300, dev_split_threshold=450, seed=0)
-    assert (len(dev), len(train)) == (50, 50)  # fewer than 450: half/half
-    dev, train = split_hard_samples(samples(500), dev_max_size=300, dev_split_threshold=450, seed=0)
-    assert (len(dev), len(train)) == (300, 200)  # dev capped at 300
-    dev, train = split_hard_samples(samples(1), dev_max_size=300, dev_split_threshold=450, seed=0)
+    dev, train = split_hard_samples(samples(100), dev_max_size=300, seed=0)
+    assert (len(dev), len(train)) == (50, 50)  # min(300, n // 2)
+    dev, train = split_hard_samples(samples(500), dev_max_size=300, seed=0)
+    assert (len(dev), len(train)) == (250, 250)  # n // 2 below the cap (the authors' rule)
+    dev, train = split_hard_samples(samples(900), dev_max_size=300, seed=0)
+    assert (len(dev), len(train)) == (300, 600)  # dev capped at 300
+    dev, train = split_hard_samples(samples(1), dev_max_size=300, seed=0)
     assert dev == train and len(dev) == 1
-    a = split_hard_samples(samples(40), dev_max_size=300, dev_split_threshold=450, seed=3)
-    b = split_hard_samples(list(reversed(samples(40))), dev_max_size=300, dev_split_threshold=450, seed=3)
+    a = split_hard_samples(samples(40), dev_max_size=300, seed=3)
+    b = split_hard_samples(list(reversed(samples(40))), dev_max_size=300, seed=3)
     assert [s.sample_id for s in a[0]] == [s.sample_id for s in b[0]]  # seeded, order-independent
     assert not {s.sample_id for s in a[0]} & {s.sample_id for s in a[1]}
 

@@ -17,7 +17,7 @@ hard_max_successes, min_hard_samples
 phase_every_steps, max_phases
 
 > Prompt evolution (GEPA)
-program, dev_max_size, dev_split_threshold, gepa_max_metric_calls, gepa_reflection_minibatch_size,
+program, dev_max_size, gepa_max_metric_calls, gepa_reflection_minibatch_size,
 gepa_candidate_selection, gepa_samples_per_item, gepa_temperature, gepa_max_tokens, gepa_num_threads,
 feedback_include_gold, proposal_max_chars, assign_score_all
 
@@ -30,7 +30,8 @@ reflection_max_input_tokens, meta_prompt
 preflight, phase_retries, min_phase_success, phase_wait_poll_seconds
 
 > Context distillation
-distill, crm, crm_low, crm_high, same_template_in_group, untemplated_rollouts, retire_templates
+distill, crm, crm_low, crm_high, same_template_in_group, untemplated_rollouts, template_lifetime,
+retire_templates
 
 > Policy server
 policy_server, policy_server_port, policy_server_timeout
@@ -52,6 +53,7 @@ class ConfigError(ValueError):
 
 REFLECTION_CHOICES = ("self", "initial", "toy-teacher", "teacher:<litellm model>")
 CANDIDATE_SELECTION = ("pareto", "current_best", "epsilon_greedy")
+TEMPLATE_LIFETIMES = ("retire", "round")
 
 
 def _check(cond: bool, field_name: str, allowed: str, value: Any) -> None:
@@ -244,11 +246,8 @@ class P2OConfig(GRPOConfig):
         metadata={"help": "Template program: a name in programs/, a .py file, or a dotted path."},
     )
     dev_max_size: int = field(
-        default=300, metadata={"help": "At most this many hard samples form GEPA's dev set."}
-    )
-    dev_split_threshold: int = field(
-        default=450,
-        metadata={"help": "With fewer hard samples than this, split them half dev / half train."},
+        default=300,
+        metadata={"help": "GEPA's dev set: min(dev_max_size, n // 2) of the n hard samples; the rest train."},
     )
     gepa_max_metric_calls: int = field(
         default=2000, metadata={"help": "GEPA budget: policy evaluations (one per sample per candidate)."}
@@ -373,6 +372,15 @@ class P2OConfig(GRPOConfig):
     untemplated_rollouts: int = field(
         default=0, metadata={"help": "Rollouts of each templated group generated without a template."}
     )
+    template_lifetime: str = field(
+        default="retire",
+        metadata={
+            "help": "How long a phase's assignments last. `retire`: until retire_templates drops them "
+            "(for the whole run without it). `round`: until the next phase, the authors' rule: each "
+            "phase's assignments replace every earlier one, and a skipped or failed phase leaves "
+            "nothing templated."
+        },
+    )
     retire_templates: bool = field(
         default=False,
         metadata={
@@ -489,7 +497,6 @@ class P2OConfig(GRPOConfig):
         )
         _check(self.max_phases is None or self.max_phases >= 0, "max_phases", "None or >= 0", self.max_phases)
         _check(self.dev_max_size >= 1, "dev_max_size", ">= 1", self.dev_max_size)
-        _check(self.dev_split_threshold >= 2, "dev_split_threshold", ">= 2", self.dev_split_threshold)
         _check(self.gepa_max_metric_calls >= 1, "gepa_max_metric_calls", ">= 1", self.gepa_max_metric_calls)
         _check(
             self.gepa_reflection_minibatch_size >= 1,
@@ -538,6 +545,12 @@ class P2OConfig(GRPOConfig):
             "false unless untemplated_rollouts >= 1 (only untemplated rollouts show that the policy "
             "solves a sample without its template)",
             self.retire_templates,
+        )
+        _check(
+            self.template_lifetime in TEMPLATE_LIFETIMES,
+            "template_lifetime",
+            " or ".join(TEMPLATE_LIFETIMES),
+            self.template_lifetime,
         )
         _check(self.heldout_every_steps >= 0, "heldout_every_steps", ">= 0", self.heldout_every_steps)
         rs = self.reflection_server

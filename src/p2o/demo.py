@@ -1,8 +1,9 @@
-"""`p2o demo [--quick] [--seed N] [--output_dir DIR]`: the paper's comparison in miniature on the toy world.
+"""`p2o demo [--quick] [--seeds 0,1,...] [--output_dir DIR]`: the paper's comparison in miniature.
 
 Every method trains the same freshly built toy policy for the same number of steps with the same
-seed, from the recipe `configs/toy_p2o.yaml` (`--recipe`), and is measured the same way: greedy, without instruction, on the
-toy world's held-out hard and easy problems (`p2o.evaluation`, as `p2o eval` does).
+seed, from the recipe `configs/toy_p2o.yaml` (`--recipe`), and is measured the same way: greedy, without
+instruction, on the toy world's held-out hard and easy problems (`p2o.evaluation`, as `p2o eval` does),
+in total and per operator.
 
 - `grpo`: plain GRPO with K rollouts (no phases);
 - `grpo_2k`: plain GRPO with 2K rollouts;
@@ -10,20 +11,28 @@ toy world's held-out hard and easy problems (`p2o.evaluation`, as `p2o eval` doe
 - `p2o_self`: P²O, Self-Ref (the live policy reflects on itself);
 - `p2o_no_distill`: P²O with the loss on x̃ (the paper's "w/o context distillation").
 
-`--quick` runs `grpo` and `p2o_teacher`. Writes `results.json`, `results.md` and `curves.png`. Flags take
-underscores or dashes (`--output_dir`, `--output-dir`), and `--config FILE` reads them from YAML
-(`p2o.cliutil`); the training recipe is `--recipe`.
+`--quick` runs `grpo`, `grpo_2k` and `p2o_teacher`. With several worlds (`--seeds 2,3,4`) each world
+gets its own folder (`seed-N/`, laid out as a one-world demo) and the top folder the summary over
+worlds: mean, min and max per method, and the demo's targets checked world by world.
+
+The console shows one live line per method; everything a run prints (TRL's metric dicts, warnings,
+the phase's progress) goes to `<world>/<method>/console.log`. Flags take underscores or dashes, and
+`--config FILE` reads them from YAML (`p2o.cliutil`); the training recipe is `--recipe`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import shutil
 import sys
 import time
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 METHODS: dict[str, dict[str, Any]] = {
     "grpo": {"max_phases": 0},
@@ -32,8 +41,18 @@ METHODS: dict[str, dict[str, Any]] = {
     "p2o_self": {"reflection": "self"},
     "p2o_no_distill": {"reflection": "toy-teacher", "distill": False},
 }
-QUICK = ("grpo", "p2o_teacher")
+QUICK = ("grpo", "grpo_2k", "p2o_teacher")
 DEFAULT_RECIPE = "toy_p2o"  # a recipe name, found as `p2o.resources` says (shipped with p2o)
+PLAIN = ("grpo", "grpo_2k")
+
+# The demo's claim, checked on every world (docs/toy.md, "The demo's targets").
+TARGETS = {
+    "p2o_hard_min": 0.8,  # P²O (Teacher-Ref) held-out hard accuracy at the end
+    "grpo_hard_max": 0.05,  # GRPO and GRPO-2K: they starve on hard samples
+    "easy_end_min": 0.9,  # every method, held-out easy accuracy at the end
+    "easy_way_min": 0.85,  # every method, at every held-out point on the way
+    "p2o_time_ratio_max": 1.3,  # P²O training time over GRPO's, same world, same run
+}
 
 
 def load_recipe(path: Path) -> dict[str, Any]:
@@ -44,14 +63,123 @@ def load_recipe(path: Path) -> dict[str, Any]:
     return yaml.safe_load(path.read_text()) or {}
 
 
-def run_method(
-    name: str, recipe: dict[str, Any], seed: int, out: Path, model: str, overrides: dict[str, Any]
-) -> dict[str, Any]:
-    """Train one method from the recipe and measure it. Returns its row of results.json."""
+# ---------------------------------------------------------------------------------------- console
+
+
+class MethodLine:
+    """One live console line for a method's run, fed by the trainer's callbacks and phase events."""
+
+    def __init__(self, console: Any, name: str, max_steps: int):
+        from rich.live import Live
+
+        self.name = name
+        self.max_steps = max_steps
+        self.step = 0
+        self.reward: float | None = None
+        self.hard: float | None = None
+        self.easy: float | None = None
+        self.event = ""
+        self.rounds = {"done": 0, "skipped": 0, "failed": 0}
+        self.t0 = time.perf_counter()
+        self.live = Live(
+            self.render(),
+            console=console,
+            refresh_per_second=4,
+            transient=False,
+            redirect_stdout=False,  # the run's own output goes to its console.log, not above the line
+            redirect_stderr=False,
+        )
+
+    def render(self) -> Any:
+        from rich.text import Text
+
+        parts = [f"{self.name:<15} step {self.step:>4}/{self.max_steps}"]
+        if self.reward is not None:
+            parts.append(f"reward {self.reward:.2f}")
+        if self.hard is not None:
+            parts.append(f"held-out hard {self.hard:.3f} easy {self.easy:.3f}")
+        if any(self.rounds.values()):
+            parts.append("rounds " + " ".join(f"{v} {k}" for k, v in self.rounds.items() if v))
+        if self.event:
+            parts.append(self.event)
+        parts.append(f"{time.perf_counter() - self.t0:.0f} s")
+        return Text("  ".join(parts))
+
+    def refresh(self) -> None:
+        self.live.update(self.render())
+
+    # trainer callbacks (transformers' TrainerCallback protocol, duck-typed) ---------------------
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "reward" in logs:
+            self.reward = float(logs["reward"])
+        self.step = state.global_step
+        self.refresh()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.step = state.global_step
+        self.refresh()
+
+    def heldout_point(self, point: dict[str, Any]) -> None:
+        self.hard, self.easy = point.get("test_hard"), point.get("test_easy")
+        self.refresh()
+
+    # phase events (`P2OTrainer._notify`) ----------------------------------------------------------
+    def phase_started(self, index: int, n_hard: int, step: int) -> None:
+        self.event = f"round {index}: evolving templates for {n_hard} hard samples…"
+        self.refresh()
+
+    def report_round(self, record: dict[str, Any]) -> None:
+        status = str(record.get("status"))
+        self.rounds[status] = self.rounds.get(status, 0) + 1
+        if status == "done":
+            self.event = (
+                f"round {record['round']}: {record.get('n_templates', 0)} templates → "
+                f"{record.get('n_assigned', 0)} samples"
+            )
+        elif status == "failed":
+            self.event = f"round {record['round']} failed: {record.get('error')}"
+        else:
+            self.event = ""
+        self.refresh()
+
+    def __getattr__(self, name: str) -> Any:  # the other TrainerCallback events: nothing to do
+        if name.startswith("on_"):
+            return lambda *a, **k: None
+        raise AttributeError(name)
+
+
+@contextlib.contextmanager
+def captured_output(log_path: Path) -> Iterator[None]:
+    """Send everything written to the process's stdout and stderr (Python, C libraries and child
+    processes alike) to `log_path` while the block runs."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with log_path.open("a") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def terminal_stream() -> TextIO:
+    """A stream onto the terminal's stderr that stays there while `captured_output` redirects fd 2."""
+    return os.fdopen(os.dup(2), "w", buffering=1, encoding="utf-8", errors="replace")
+
+
+# ---------------------------------------------------------------------------------------- one run
+
+
+def method_config(name: str, recipe: dict[str, Any], seed: int, out: Path, overrides: dict[str, Any]):
     from p2o.config import P2OConfig
-    from p2o.tasks import get_task
-    from p2o.tasks.data import task_samples, to_dataset
-    from p2o.train.trainer import P2OTrainer
 
     spec = dict(METHODS[name])
     k_factor = spec.pop("k_factor", 1)
@@ -62,12 +190,33 @@ def run_method(
     fields["output_dir"] = str(out / name)
     fields.setdefault("heldout_eval", "test_hard,test_easy")
     fields.setdefault("report_to", "none")
+    fields["disable_tqdm"] = True
     if k_factor != 1:  # same prompts per step, twice the rollouts
         fields["num_generations"] = fields.get("num_generations", 6) * k_factor
         fields["per_device_train_batch_size"] = fields.get("per_device_train_batch_size", 6) * k_factor
-    config = P2OConfig(**fields)
+    return P2OConfig(**fields)
+
+
+def run_method(
+    name: str,
+    recipe: dict[str, Any],
+    seed: int,
+    out: Path,
+    model: str,
+    overrides: dict[str, Any],
+    line: MethodLine | None = None,
+) -> dict[str, Any]:
+    """Train one method from the recipe and measure it. Returns its row of results.json."""
+    from transformers import PrinterCallback, ProgressCallback
+
+    from p2o.tasks import get_task
+    from p2o.tasks.data import task_samples, to_dataset
+    from p2o.train.trainer import P2OTrainer
+
+    config = method_config(name, recipe, seed, out, overrides)
     if (out / name).exists():  # every demo run starts fresh: old rounds would be taken for a resume
         shutil.rmtree(out / name)
+    (out / name).mkdir(parents=True)
     task = get_task(recipe.get("task", "toy"), **{**(recipe.get("task_kwargs") or {}), "seed": seed})
     samples = task_samples(task, split="train").samples
     trainer = P2OTrainer(
@@ -77,67 +226,320 @@ def run_method(
         train_dataset=to_dataset(task, samples),
         samples={s.sample_id: s for s in samples},
         enable_phases=config.max_phases != 0,
+        callbacks=[line, LogFile(out / name / "log.jsonl")] if line else [LogFile(out / name / "log.jsonl")],
     )
+    for cb in (PrinterCallback, ProgressCallback):  # the metric dicts go to log.jsonl instead
+        trainer.remove_callback(cb)
+    if line is not None and trainer.heldout is not None:
+        trainer.heldout.listeners.append(line.heldout_point)
     t0 = time.perf_counter()
-    trainer.train()
+    try:
+        trainer.train()
+    finally:
+        if trainer._policy_server is not None:
+            trainer._policy_server.stop()
     seconds = time.perf_counter() - t0
+    return method_row(trainer, seconds)
+
+
+def method_row(trainer: Any, seconds: float) -> dict[str, Any]:
+    """A trained method's row of results.json: held-out accuracy (at the end, on the way, per
+    operator), time and where it went, and each round's record."""
     curve = trainer.heldout.curve if trainer.heldout else []
     last = curve[-1] if curve else {}
     zero_std = [h["frac_reward_zero_std"] for h in trainer.state.log_history if "frac_reward_zero_std" in h]
     metric_calls = sum(int(r.get("phase", {}).get("metric_calls", 0)) for r in trainer.rounds)
-    phase_seconds = sum(float(r.get("seconds", 0)) for r in trainer.rounds)
-    if trainer._policy_server is not None:
-        trainer._policy_server.stop()
+    timings = trainer.timings()
+    easy = [p["test_easy"] for p in curve if "test_easy" in p]
     return {
         "hard_acc": last.get("test_hard"),
         "easy_acc": last.get("test_easy"),
+        "easy_min": min(easy) if easy else None,
         "hard_acc_curve": [[p["step"], p["test_hard"]] for p in curve],
         "easy_acc_curve": [[p["step"], p["test_easy"]] for p in curve],
+        "groups": merged_groups(last),
+        "group_curves": [[p["step"], merged_groups(p)] for p in curve],
         "zero_std_frac": sum(zero_std) / len(zero_std) if zero_std else None,
-        "train_seconds": round(seconds - sum(p.get("seconds", 0) for p in curve), 2),
-        "phase_seconds": round(phase_seconds, 2),
+        "train_seconds": round(seconds - timings.get("heldout", 0.0), 2),
+        "phase_seconds": timings.get("phase", 0.0),
+        "timings": timings,
         "gepa_metric_calls": metric_calls,
         "rounds": [
-            {k: r.get(k) for k in ("round", "global_step", "status", "n_hard", "n_assigned")}
+            {
+                k: r.get(k)
+                for k in ("round", "global_step", "status", "n_hard", "n_assigned", "seconds", "groups")
+                if k in r
+            }
             for r in trainer.rounds
         ],
         "steps": trainer.state.global_step,
     }
 
 
+def merged_groups(point: dict[str, Any]) -> dict[str, float]:
+    """A held-out point's per-operator accuracies, the splits merged (each operator is in one)."""
+    out: dict[str, float] = {}
+    for accs in (point.get("groups") or {}).values():
+        out.update(accs)
+    return dict(sorted(out.items()))
+
+
+class LogFile:
+    """TRL's log dicts, one JSON line each (what `PrinterCallback` would print)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs:
+            with self.path.open("a") as f:
+                f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+
+    def __getattr__(self, name: str) -> Any:  # the other TrainerCallback events: nothing to do
+        if name.startswith("on_"):
+            return lambda *a, **k: None
+        raise AttributeError(name)
+
+
+# ---------------------------------------------------------------------------------------- a world
+
+
+def run_world(
+    methods: list[str],
+    seed: int,
+    out: Path,
+    recipe: dict[str, Any],
+    recipe_path: Path,
+    overrides: dict[str, Any],
+    model: str | None,
+    console: Any,
+) -> dict[str, Any]:
+    """Every method on one world; writes `out/results.json`, `results.md`, `curves.png`."""
+    out.mkdir(parents=True, exist_ok=True)
+    from p2o.toy import ensure_toy_model
+
+    t0 = time.perf_counter()
+    if model is None:
+        console.print(f"world {seed}: toy policy (built on first use, ~2–3 min; then cached)…")
+        with captured_output(out / "build.log"):
+            model = str(ensure_toy_model(seed=seed, progress=False))
+    console.print(f"[bold]world {seed}[/]: toy policy ready in {time.perf_counter() - t0:.1f} s: {model}")
+    results: dict[str, Any] = {
+        "seed": seed,
+        "recipe": str(recipe_path),
+        "overrides": overrides,
+        "model": model,
+        "methods": {},
+    }
+    max_steps = int(overrides.get("max_steps") or recipe.get("max_steps") or 0)
+    for name in methods:
+        line = MethodLine(console, name, max_steps)
+        with line.live, captured_output(out / name / "console.log"):
+            row = run_method(name, recipe, seed, out, model, overrides, line)
+        if not console.is_terminal:  # a live display ends its last line only on a terminal
+            console.line()
+        results["methods"][name] = row
+        results["steps"] = row["steps"]
+        write_json(out / "results.json", results)  # after each method: a crash keeps them
+    results["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    write_json(out / "results.json", results)
+    (out / "results.md").write_text(results_markdown(results))
+    plot_curves({seed: results}, out / "curves.png")
+    return results
+
+
+def write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False))
+    os.replace(tmp, path)
+
+
 def results_markdown(results: dict[str, Any]) -> str:
     lines = [
         f"Toy world, seed {results['seed']}, {results['steps']} steps each; accuracies greedy, no instruction, held out.",
         "",
-        "| method | hard acc | easy acc | zero-std groups | train s | GEPA metric calls |",
-        "|---|---|---|---|---|---|",
+        "| method | hard acc | easy acc | lowest easy on the way | zero-std groups | train s | GEPA metric calls |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, r in results["methods"].items():
         zs = "—" if r["zero_std_frac"] is None else f"{r['zero_std_frac']:.2f}"
         lines.append(
-            f"| {name} | {r['hard_acc']:.3f} | {r['easy_acc']:.3f} | {zs} | {r['train_seconds']:.0f} | "
-            f"{r['gepa_metric_calls']} |"
+            f"| {name} | {r['hard_acc']:.3f} | {r['easy_acc']:.3f} | {_f(r.get('easy_min'))} | {zs} | "
+            f"{r['train_seconds']:.0f} | {r['gepa_metric_calls']} |"
         )
+    labels = sorted({g for r in results["methods"].values() for g in r.get("groups", {})})
+    if labels:
+        names = list(results["methods"])
+        lines += ["", "Per operator (role, symbol, rule), held out at the end:", ""]
+        lines += ["| operator | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+        for g in labels:
+            cells = [_f(results["methods"][n].get("groups", {}).get(g)) for n in names]
+            lines.append(f"| {g} | " + " | ".join(cells) + " |")
+    timed = {n: r["timings"] for n, r in results["methods"].items() if r.get("timings")}
+    if timed:
+        keys = ["generation", "generation_templated", "crm", "phase"]
+        lines += ["", "Where the training time went (seconds; held-out evaluations excluded):", ""]
+        lines += ["| method | train | " + " | ".join(keys) + " | rest |", "|---" * (len(keys) + 3) + "|"]
+        for n, t in timed.items():
+            train = results["methods"][n]["train_seconds"]
+            rest = train - sum(t.get(k, 0.0) for k in ("generation", "crm", "phase"))
+            lines.append(
+                f"| {n} | {train:.1f} | "
+                + " | ".join(f"{t.get(k, 0.0):.1f}" for k in keys)
+                + f" | {rest:.1f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
-def plot_curves(results: dict[str, Any], path: Path) -> None:
+def _f(x: float | None) -> str:
+    return "—" if x is None else f"{x:.3f}"
+
+
+# ---------------------------------------------------------------------------------------- worlds
+
+
+def world_targets(world: dict[str, Any]) -> dict[str, bool | None]:
+    """Each target on one world: True met, False missed, None not measured (its method did not run)."""
+    m = world["methods"]
+    t = TARGETS
+    out: dict[str, bool | None] = {}
+    p2o = m.get("p2o_teacher")
+    out["p2o_hard"] = None if p2o is None else p2o["hard_acc"] >= t["p2o_hard_min"]
+    plain = [m[n]["hard_acc"] for n in PLAIN if n in m]
+    out["grpo_hard"] = None if not plain else all(h <= t["grpo_hard_max"] for h in plain)
+    out["easy_end"] = all(r["easy_acc"] >= t["easy_end_min"] for r in m.values())
+    out["easy_way"] = all((r.get("easy_min") or 0.0) >= t["easy_way_min"] for r in m.values())
+    if p2o is not None and "grpo" in m:
+        out["p2o_time"] = p2o["train_seconds"] <= t["p2o_time_ratio_max"] * m["grpo"]["train_seconds"]
+    else:
+        out["p2o_time"] = None
+    return out
+
+
+def spread(values: list[float]) -> dict[str, float] | None:
+    if not values:
+        return None
+    return {
+        "mean": round(sum(values) / len(values), 4),
+        "min": round(min(values), 4),
+        "max": round(max(values), 4),
+    }
+
+
+def summarize(worlds: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """Mean, min and max per method over worlds, and the targets world by world."""
+    methods = list(dict.fromkeys(n for w in worlds.values() for n in w["methods"]))
+    per_method: dict[str, Any] = {}
+    for n in methods:
+        rows = [w["methods"][n] for w in worlds.values() if n in w["methods"]]
+        ratio = [
+            w["methods"][n]["train_seconds"] / w["methods"]["grpo"]["train_seconds"]
+            for w in worlds.values()
+            if n in w["methods"] and "grpo" in w["methods"]
+        ]
+        per_method[n] = {
+            "worlds": len(rows),
+            "hard_acc": spread([r["hard_acc"] for r in rows]),
+            "easy_acc": spread([r["easy_acc"] for r in rows]),
+            "easy_min": spread([r["easy_min"] for r in rows if r.get("easy_min") is not None]),
+            "train_seconds": spread([r["train_seconds"] for r in rows]),
+            "time_vs_grpo": spread(ratio),
+        }
+    targets = {str(s): world_targets(w) for s, w in worlds.items()}
+    return {"methods": per_method, "targets": targets, "target_values": TARGETS}
+
+
+def summary_markdown(worlds: dict[int, dict[str, Any]], summary: dict[str, Any]) -> str:
+    seeds = ", ".join(str(s) for s in worlds)
+    steps = next(iter(worlds.values())).get("steps")
+    lines = [
+        f"Toy worlds {seeds}, {steps} steps each; accuracies greedy, no instruction, held out.",
+        "",
+        "| method | hard acc mean [min, max] | easy acc mean [min, max] | lowest easy on the way | time / GRPO |",
+        "|---|---|---|---|---|",
+    ]
+    for n, s in summary["methods"].items():
+        lines.append(
+            f"| {n} | {_spread(s['hard_acc'])} | {_spread(s['easy_acc'])} | "
+            f"{_f((s['easy_min'] or {}).get('min'))} | {_spread(s['time_vs_grpo'], '×')} |"
+        )
+    names = list(summary["methods"])
+    lines += ["", "Per world (hard / easy; time over GRPO's):", ""]
+    lines += ["| world | " + " | ".join(names) + " | targets |", "|---" * (len(names) + 2) + "|"]
+    for s, w in worlds.items():
+        cells = []
+        for n in names:
+            r = w["methods"].get(n)
+            if r is None:
+                cells.append("—")
+                continue
+            cell = f"{r['hard_acc']:.3f} / {r['easy_acc']:.3f}"
+            if n != "grpo" and "grpo" in w["methods"]:
+                cell += f" ({r['train_seconds'] / w['methods']['grpo']['train_seconds']:.2f}×)"
+            cells.append(cell)
+        missed = [k for k, v in summary["targets"][str(s)].items() if v is False]
+        lines.append(
+            f"| {s} | "
+            + " | ".join(cells)
+            + f" | {'met' if not missed else 'missed: ' + ', '.join(missed)} |"
+        )
+    t = TARGETS
+    lines += [
+        "",
+        f"Targets: P²O (p2o_teacher) hard ≥ {t['p2o_hard_min']}; GRPO and GRPO-2K hard ≤ {t['grpo_hard_max']}; "
+        f"easy ≥ {t['easy_end_min']} for every method at the end and never below {t['easy_way_min']}; "
+        f"P²O training time ≤ {t['p2o_time_ratio_max']}× GRPO's.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _spread(s: dict[str, float] | None, unit: str = "") -> str:
+    if not s:
+        return "—"
+    return f"{s['mean']:.3f}{unit} [{s['min']:.3f}, {s['max']:.3f}]"
+
+
+def plot_curves(worlds: dict[int, dict[str, Any]], path: Path) -> None:
+    """Held-out hard (solid) and easy (dotted) accuracy per method: one thin line per world, and
+    the mean over worlds in bold when there are several."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
-    for name, r in results["methods"].items():
-        pts = r["hard_acc_curve"]
-        if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=name)
+    fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=120)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    methods = list(dict.fromkeys(n for w in worlds.values() for n in w["methods"]))
+    many = len(worlds) > 1
+    for i, n in enumerate(methods):
+        color = colors[i % len(colors)]
+        for key, style in (("hard_acc_curve", "-"), ("easy_acc_curve", ":")):
+            curves = [
+                w["methods"][n][key] for w in worlds.values() if n in w["methods"] and w["methods"][n][key]
+            ]
+            for c in curves:
+                ax.plot(
+                    [p[0] for p in c],
+                    [p[1] for p in c],
+                    style,
+                    color=color,
+                    lw=0.8 if many else 1.6,
+                    alpha=0.45 if many else 1.0,
+                    marker=None if many else "o",
+                    ms=3,
+                    label=None if many else f"{n} ({key.split('_')[0]})",
+                )
+            if many and curves and all(len(c) == len(curves[0]) for c in curves):
+                steps = [p[0] for p in curves[0]]
+                mean = [sum(c[j][1] for c in curves) / len(curves) for j in range(len(steps))]
+                ax.plot(steps, mean, style, color=color, lw=2.2, label=f"{n} ({key.split('_')[0]}, mean)")
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("held-out hard accuracy (greedy, no instruction)")
+    ax.set_ylabel("held-out accuracy (greedy, no instruction)")
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper left", fontsize=8)
-    ax.set_title(f"P²O vs GRPO on the toy world (seed {results['seed']})")
+    ax.legend(loc="center right", fontsize=7)
+    seeds = ", ".join(str(s) for s in worlds)
+    ax.set_title(f"P²O vs GRPO on the toy world{'s' if many else ''} {seeds}: hard solid, easy dotted")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -145,48 +547,91 @@ def plot_curves(results: dict[str, Any], path: Path) -> None:
 
 def run_demo(
     methods: list[str],
-    seed: int,
+    seeds: list[int] | int,
     out: Path,
     recipe_path: Path | None = None,
     overrides: dict | None = None,
     model: str | None = None,
+    console: Any = None,
 ) -> dict[str, Any]:
+    """Every method on every world. One world: its results in `out/`. Several: `out/seed-N/` each,
+    and the summary over worlds in `out/` (results.json, results.md, curves.png)."""
     from rich.console import Console
 
-    console = Console(stderr=True)
+    seeds = [seeds] if isinstance(seeds, int) else list(seeds)
+    console = console or Console(file=terminal_stream())
     if recipe_path is None:
         from p2o.resources import find_recipe
 
         recipe_path = find_recipe(DEFAULT_RECIPE)
     recipe = load_recipe(recipe_path)
+    overrides = overrides or {}
     out.mkdir(parents=True, exist_ok=True)
-    from p2o.toy import ensure_toy_model
-
-    t0 = time.perf_counter()
-    model = model or str(ensure_toy_model(seed=seed))
     console.print(
-        f"[bold]p2o demo[/]: toy model (seed {seed}) ready in {time.perf_counter() - t0:.1f} s: {model}"
+        f"[bold]p2o demo[/]: world{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}; methods "
+        f"{', '.join(methods)}; recipe {recipe_path}; each run's own output goes to "
+        f"{out}/{'seed-N/' if len(seeds) > 1 else ''}<method>/console.log"
     )
-    results: dict[str, Any] = {"seed": seed, "recipe": str(recipe_path), "model": model, "methods": {}}
-    for i, name in enumerate(methods, 1):
-        console.rule(f"[{i}/{len(methods)}] {name}")
-        results["methods"][name] = run_method(name, recipe, seed, out, model, overrides or {})
-        r = results["methods"][name]
-        console.print(
-            f"{name}: hard {r['hard_acc']:.3f}  easy {r['easy_acc']:.3f}  {r['train_seconds']:.0f} s"
+    t0 = time.perf_counter()
+    if len(seeds) == 1:
+        world = run_world(methods, seeds[0], out, recipe, recipe_path, overrides, model, console)
+        console.print(results_markdown(world))
+        console.print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'curves.png'}")
+        return world
+    worlds: dict[int, dict[str, Any]] = {}
+    for seed in seeds:
+        worlds[seed] = run_world(
+            methods, seed, out / f"seed-{seed}", recipe, recipe_path, overrides, model, console
         )
-        results["steps"] = r["steps"]
-        (out / "results.json").write_text(
-            json.dumps(results, indent=2)
-        )  # after each method: a crash keeps them
-    results["wall_seconds"] = round(time.perf_counter() - t0, 1)
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    md = results_markdown(results)
+        summary = summarize(worlds)
+        write_json(out / "results.json", {"seeds": list(worlds), "summary": summary, "worlds": worlds})
+    summary = summarize(worlds)
+    results = {
+        "seeds": seeds,
+        "recipe": str(recipe_path),
+        "overrides": overrides,
+        "wall_seconds": round(time.perf_counter() - t0, 1),
+        "summary": summary,
+        "worlds": worlds,
+    }
+    write_json(out / "results.json", results)
+    md = summary_markdown(worlds, summary)
     (out / "results.md").write_text(md)
-    plot_curves(results, out / "curves.png")
+    plot_curves(worlds, out / "curves.png")
     console.print(md)
-    console.print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'curves.png'}")
+    console.print(
+        f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'curves.png'} and seed-N/ per world"
+    )
     return results
+
+
+def parse_seeds(text: str) -> list[int]:
+    """`0,1,2` or a range `2-8` (or both: `0,1,4-6`)."""
+    seeds: list[int] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        lo, _, hi = part.partition("-")
+        if hi:
+            seeds.extend(range(int(lo), int(hi) + 1))
+        else:
+            seeds.append(int(lo))
+    if not seeds:
+        raise ValueError("no seed given")
+    return list(dict.fromkeys(seeds))
+
+
+def parse_sets(items: list[str]) -> dict[str, Any]:
+    """`--set key=value` (YAML values) → {key: value}."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"--set {item!r}: write KEY=VALUE, e.g. --set template_lifetime=round")
+        out[key.strip().replace("-", "_")] = yaml.safe_load(value)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -194,9 +639,10 @@ def main(argv: list[str] | None = None) -> int:
     from p2o.resources import ResourceError, find_recipe
 
     p = argparse.ArgumentParser(prog="p2o demo", description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="run grpo and p2o_teacher only")
+    p.add_argument("--quick", action="store_true", help="run " + ", ".join(QUICK) + " only")
     p.add_argument("--methods", help="comma-separated subset of: " + ", ".join(METHODS))
-    p.add_argument("--seed", type=int, default=0, help="toy world and training seed (default 0)")
+    p.add_argument("--seed", type=int, help="one toy world (world and training seed; default 0)")
+    p.add_argument("--seeds", help="several worlds: 2,3,4 or 2-6; a summary over them is written")
     p.add_argument("--output_dir", default="runs/demo", help="where results go (default runs/demo)")
     p.add_argument(
         "--recipe",
@@ -204,6 +650,13 @@ def main(argv: list[str] | None = None) -> int:
         help="training recipe: a YAML file or a recipe name (default toy_p2o, i.e. configs/toy_p2o.yaml)",
     )
     p.add_argument("--max_steps", type=int, help="override the recipe's max_steps (smoke runs)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one recipe setting for every method, e.g. --set template_lifetime=round (repeatable)",
+    )
     p.add_argument("--model", help="a built toy policy directory (default: build or reuse the cached one)")
     args = parse_args(p, argv)
     methods = list(QUICK) if args.quick else list(METHODS)
@@ -212,6 +665,14 @@ def main(argv: list[str] | None = None) -> int:
         bad = [m for m in methods if m not in METHODS]
         if bad:
             p.error(f"--methods: unknown {', '.join(bad)}; choose from {', '.join(METHODS)}")
+    if args.seed is not None and args.seeds:
+        p.error("--seed and --seeds: give one of them")
+    try:
+        seeds = parse_seeds(args.seeds) if args.seeds else [0 if args.seed is None else args.seed]
+    except ValueError as e:
+        p.error(f"--seeds {args.seeds}: {e}; write e.g. 2,3,4 or 2-6")
+    if args.model and len(seeds) > 1:
+        p.error("--model: one built policy serves one world; leave it out with --seeds")
     if args.model and not (Path(args.model) / "config.json").is_file():
         p.error(
             f"--model {args.model}: no built toy policy there (make one with p2o toy build --output_dir DIR)"
@@ -220,10 +681,21 @@ def main(argv: list[str] | None = None) -> int:
         recipe = find_recipe(args.recipe)
     except ResourceError as e:
         p.error(f"--recipe: {e}")
-    overrides = {"max_steps": args.max_steps} if args.max_steps else {}
+    try:
+        overrides = parse_sets(args.set)
+    except ValueError as e:
+        p.error(str(e))
+    if args.max_steps:
+        overrides["max_steps"] = args.max_steps
+    try:  # a wrong key or value fails here, before any world is built
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            method_config(methods[0], load_recipe(recipe), seeds[0], Path(args.output_dir), overrides)
+    except Exception as e:
+        p.error(f"recipe {recipe} with --set {', '.join(args.set) or '(none)'}: {e}")
 
     def demo() -> int:
-        run_demo(methods, args.seed, Path(args.output_dir), recipe, overrides, args.model)
+        run_demo(methods, seeds, Path(args.output_dir), recipe, overrides, args.model)
         return 0
 
     return report_errors("p2o demo", demo)

@@ -62,6 +62,8 @@ class BenchmarkResult:
     seconds: float = 0.0
     error: str | None = None
     correct: list[int] = field(default_factory=list, repr=False)  # per problem, out of n
+    # avg@n per sample group, where the task labels its samples (`Task.group_of`): e.g. per operator
+    groups: dict[str, float] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -416,6 +418,7 @@ def _run_one(
     result.num_problems = len(samples)
     result.correct = correct
     result.avg = avg_at_n(correct, k_n)
+    result.groups = group_accuracy(task, samples, correct, k_n)
     result.pass_at_k = {f"pass@{k}": mean_pass_at_k(correct, k_n, k) for k in parse_ks(pass_k, k_n)}
     result.truncated_frac = sum(g.finish_reason == "length" for g in flat) / max(1, len(flat))
     result.mean_completion_tokens = sum(g.tokens for g in flat) / max(1, len(flat))
@@ -437,6 +440,16 @@ def _run_one(
         for s, p, gs, vs, c in zip(samples, prompts, gens, verdicts, correct, strict=True)
     ]
     return result, rows
+
+
+def group_accuracy(task: Task, samples: list[Sample], correct: list[int], n: int) -> dict[str, float]:
+    """avg@n per `task.group_of` label, labels sorted; {} when the task does not group its samples."""
+    if task.group_of is None:
+        return {}
+    by: dict[str, list[int]] = {}
+    for s, c in zip(samples, correct, strict=True):
+        by.setdefault(str(task.group_of(s)), []).append(c)
+    return {g: avg_at_n(by[g], n) for g in sorted(by)}
 
 
 def _score(

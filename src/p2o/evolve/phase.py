@@ -2,8 +2,8 @@
 
 DESIGN.md steps 3–5, top to bottom:
 
-1. Split the hard samples into dev (≤ `dev_max_size`; half/half when fewer than
-   `dev_split_threshold`) and train, seeded.
+1. Split the hard samples into dev (min(`dev_max_size`, n // 2), as the authors do) and train,
+   seeded.
 2. GEPA (`gepa.optimize` with `PolicyTemplateAdapter`): seed = the program's seed template (the
    paper's is empty); Pareto candidate selection, reflection minibatch
    `gepa_reflection_minibatch_size`, strict-improvement acceptance, every accepted child scored on
@@ -91,9 +91,9 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 
 
 def split_hard_samples(
-    samples: list[Sample], *, dev_max_size: int, dev_split_threshold: int, seed: int = 0
+    samples: list[Sample], *, dev_max_size: int, seed: int = 0
 ) -> tuple[list[Sample], list[Sample]]:
-    """(dev, train): dev ≤ `dev_max_size`, half of the samples when fewer than `dev_split_threshold`.
+    """(dev, train): dev = min(`dev_max_size`, n // 2) samples (the authors' split), the rest train.
 
     Seeded and independent of input order. A single hard sample serves as both.
     """
@@ -102,8 +102,7 @@ def split_hard_samples(
     n = len(ordered)
     if n == 1:
         return list(ordered), list(ordered)
-    n_dev = max(1, n // 2) if n < dev_split_threshold else n - 1
-    n_dev = min(n_dev, dev_max_size)
+    n_dev = min(dev_max_size, max(1, n // 2))
     return ordered[:n_dev], ordered[n_dev:]
 
 
@@ -317,7 +316,6 @@ def run_phase(
     dev, train = split_hard_samples(
         hard_samples,
         dev_max_size=config.dev_max_size,
-        dev_split_threshold=config.dev_split_threshold,
         seed=config.seed,
     )
     with contextlib.ExitStack() as owned:

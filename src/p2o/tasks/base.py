@@ -68,3 +68,7 @@ class Task:
     chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
     # The policy to use when none is named (the toy world builds its own); None = the user must name one.
     default_model: Callable[[], str] | None = None
+    # A label that groups samples in reports (held-out accuracy and each round's record per group),
+    # so that a partial result reads "rule X learned, rule Y not"; the toy world labels each sample
+    # with its operator's role, symbol and rule. None = no breakdown.
+    group_of: Callable[[Sample], str] | None = None

@@ -131,7 +131,16 @@ def make_toy_task(
         default_model=partial(
             _default_model, seed, digits=digits, n_easy=n_easy, n_hard=n_hard, n_unknown=n_unknown
         ),
+        group_of=partial(operator_group, world),
     )
+
+
+def operator_group(world: W.ToyWorld, sample: Sample) -> str:
+    """`hard ⊕ add`: the operator's role in the world (easy / familiar / hard), symbol and rule."""
+    op = sample.meta.get("operator") or (W.parse_problem(sample.problem) or ("", "?", ""))[1]
+    if op not in world.operators:
+        return f"other {op}"
+    return f"{world.kind_of(op)} {op} {world.operators[op]}"
 
 
 def _default_model(seed: int, **world: int) -> str:

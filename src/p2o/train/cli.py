@@ -338,6 +338,7 @@ def write_summary(
         "world_size": trainer.accelerator.num_processes,
         "phases": phase_totals(trainer.rounds),
         "rounds": trainer.rounds,
+        "timings": trainer.timings(),
         "final_model": str(final) if final else None,
     }
     from p2o.train.trainer import write_json_atomic

@@ -24,9 +24,12 @@ class HeldOutEval(TrainerCallback):
         self.every = every_steps
         self.batch_size = batch_size
         self.curve: list[dict[str, Any]] = []
+        self.listeners: list[Any] = []  # called with each new point (the demo's live console line)
         self._last_step = -1
 
-    def measure(self) -> dict[str, float]:
+    def measure(self) -> dict[str, Any]:
+        """`{split: accuracy, ..., "groups": {split: {group: accuracy}}}` (groups where the task
+        labels its samples, `Task.group_of`)."""
         from p2o.evaluation import evaluate
         from p2o.evaluation.benchmarks import Benchmark
         from p2o.evaluation.generation import TransformersGenerator
@@ -58,7 +61,11 @@ class HeldOutEval(TrainerCallback):
             )
         finally:
             model.train(was_training)
-        return {split: report.accuracy("policy", split) for split in self.splits}
+        accs: dict[str, Any] = {split: report.accuracy("policy", split) for split in self.splits}
+        groups = {split: report.result("policy", split).groups for split in self.splits}
+        if any(groups.values()):
+            accs["groups"] = groups
+        return accs
 
     def _record(self, state) -> None:
         if state.global_step == self._last_step:
@@ -74,8 +81,10 @@ class HeldOutEval(TrainerCallback):
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a") as f:
             f.write(json.dumps(point) + "\n")
-        for split, acc in accs.items():
-            self.trainer._metrics["train"][f"heldout/{split}"].append(acc)
+        for split in self.splits:
+            self.trainer._metrics["train"][f"heldout/{split}"].append(accs[split])
+        for listener in self.listeners:
+            listener(point)
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._record(state)

@@ -183,6 +183,13 @@ class P2OTrainer(GRPOTrainer):
         self._rollout_info: dict[str, Any] | None = None
         self._last_rewards: torch.Tensor | None = None
         self._sample_log_rows = 0
+        # Per sample group (`Task.group_of`), rollouts since the last round: [templated successes,
+        # templated rollouts, plain successes, plain rollouts]. Each round records and resets them.
+        self._group_window: dict[str, list[int]] = {}
+        self._group_labels: dict[str, str] = {}
+        # Where the time goes: seconds of generation (templated and plain), the CRM's extra forward,
+        # the phases and the held-out evaluations (`timings()`).
+        self._seconds: dict[str, float] = {}
         self._policy_server: Any = None
         self._replay_rounds: set[int] = set()  # rounds finished after the checkpoint resumed from
         super().__init__(
@@ -244,10 +251,13 @@ class P2OTrainer(GRPOTrainer):
         # Every rank must pass the same `num_generations` (vLLM server mode gathers prompts and
         # de-duplicates by stride): once any assignment exists, each rollout is its own request.
         n = 1 if self.assignments else num_generations
+        t0 = time.perf_counter()
         if any(templated) and not all(templated) and not self.use_vllm and images is None and not mm_fields:
             completion_ids, logprobs = self._generate_split(gen_prompt_ids, templated)
         else:
             completion_ids, logprobs = self._generate_single_turn(gen_prompt_ids, images, mm_fields, n)
+        if mode == "train":
+            self._add_seconds("generation", time.perf_counter() - t0)
 
         if any(templated) and self.args.distill:
             orig_prompt_ids = [list(x) for x in self._tokenize_prompts(prompts)[0]]
@@ -273,7 +283,10 @@ class P2OTrainer(GRPOTrainer):
         logprobs: list[Any] | None = [None] * len(prompt_ids)
         for flag in (True, False):
             rows = [i for i, t in enumerate(templated) if t is flag]
+            t0 = time.perf_counter()
             ids, lps = self._generate_single_turn([prompt_ids[i] for i in rows], None, {}, 1)
+            if flag:
+                self._add_seconds("generation_templated", time.perf_counter() - t0)
             for j, i in enumerate(rows):
                 completions[i] = ids[j]
                 if logprobs is not None and lps is not None:
@@ -299,7 +312,9 @@ class P2OTrainer(GRPOTrainer):
 
         crm_stats = None
         if any(templated) and self.args.distill and self.args.crm:
+            t0 = time.perf_counter()
             crm_stats = self._apply_crm(out, info)
+            self._add_seconds("crm", time.perf_counter() - t0)
         self._track_and_log(inputs, templated, crm_stats)
         return out
 
@@ -346,6 +361,7 @@ class P2OTrainer(GRPOTrainer):
         rewards = self._last_rewards[:, 0].nan_to_num(0.0).tolist() if self._last_rewards is not None else []
         rows = list(zip(all_ids, rewards, all_templated, strict=False))
         counts = self.tracker.update_groups(rows, k, self.state.global_step)
+        self._count_groups(rows)
         groups = [rows[s : s + k] for s in range(0, len(rows) - k + 1, k)]
         if self.args.retire_templates:
             self._retire_solved(groups)
@@ -375,6 +391,61 @@ class P2OTrainer(GRPOTrainer):
             masked, total = gather(local.unsqueeze(0)).sum(0).tolist()
             metrics["p2o/crm_masked_frac"].append(masked / max(total, 1.0))
         self._log_samples(inputs, templated)
+
+    def _add_seconds(self, what: str, seconds: float) -> None:
+        self._seconds[what] = self._seconds.get(what, 0.0) + seconds
+
+    def timings(self) -> dict[str, float]:
+        """Seconds spent so far on this process: `generation` (all training rollouts;
+        `generation_templated` the templated part where plain and templated prompts are generated
+        apart), `crm` (the Context Ratio Mask's extra forward), `phase` and `heldout`."""
+        out = dict(self._seconds)
+        out["phase"] = sum(float(r.get("seconds", 0.0)) for r in self.rounds)
+        if self.heldout is not None:
+            out["heldout"] = sum(float(p.get("seconds", 0.0)) for p in self.heldout.curve)
+        return {k: round(v, 2) for k, v in sorted(out.items())}
+
+    def group_of(self, sample_id: str) -> str | None:
+        """The task's group label of a training sample (`Task.group_of`), or None."""
+        if self.task.group_of is None or sample_id not in self.samples:
+            return None
+        label = self._group_labels.get(sample_id)
+        if label is None:
+            label = self._group_labels[sample_id] = str(self.task.group_of(self.samples[sample_id]))
+        return label
+
+    def _count_groups(self, rows: list[tuple[str, float, bool]]) -> None:
+        for sid, reward, templated in rows:
+            label = self.group_of(sid)
+            if label is None:
+                continue
+            w = self._group_window.setdefault(label, [0, 0, 0, 0])
+            at = 0 if templated else 2
+            w[at] += int(reward >= 1.0)
+            w[at + 1] += 1
+
+    def _round_groups(self, hard_ids: list[str], assigned: list[str]) -> dict[str, dict[str, Any]]:
+        """Per group: hard samples at this round, samples the phase assigned templates, and the
+        success rate of templated and plain rollouts since the previous round."""
+        out: dict[str, dict[str, Any]] = {}
+
+        def row(label: str) -> dict[str, Any]:
+            return out.setdefault(label, {"hard": 0, "assigned": 0})
+
+        for sid in hard_ids:
+            if (label := self.group_of(sid)) is not None:
+                row(label)["hard"] += 1
+        for sid in assigned:
+            if (label := self.group_of(sid)) is not None:
+                row(label)["assigned"] += 1
+        for label, (ts, tn, ps, pn) in self._group_window.items():
+            r = row(label)
+            r["templated_success"] = round(ts / tn, 4) if tn else None
+            r["templated_rollouts"] = tn
+            r["plain_success"] = round(ps / pn, 4) if pn else None
+            r["plain_rollouts"] = pn
+        self._group_window = {}
+        return dict(sorted(out.items()))
 
     def _retire_solved(self, groups: list[list[tuple[str, float, bool]]]) -> None:
         """`retire_templates`: drop the templates of a sample whose untemplated rollouts all succeeded.
@@ -490,6 +561,7 @@ class P2OTrainer(GRPOTrainer):
             reflection_lm=self.reflection_lm,
             initial_model=self.initial_model,
             restart_if_changed=True,
+            progress=not config.disable_tqdm,
         )
 
     def _boot_policy_server(self) -> None:
@@ -519,6 +591,11 @@ class P2OTrainer(GRPOTrainer):
         }
         t0 = time.perf_counter()
         main = self.accelerator.is_main_process
+        if self.args.template_lifetime == "round" and self.assignments:
+            # The authors' lifetime: a phase's templates serve until the next phase, whatever it finds.
+            record["expired_assignments"] = len(self.assignments)
+            self.assignments = {}
+        assigned_ids: list[str] = []
         if main:
             rdir.mkdir(parents=True, exist_ok=True)
             with (rdir / "hard.jsonl").open("w") as f:
@@ -566,6 +643,7 @@ class P2OTrainer(GRPOTrainer):
                     self._notify("phase_failed", index, value)
             else:
                 templates, assignments, stats = value
+                assigned_ids = list(assignments)
                 prefix = f"r{index}:"
                 self.templates.update({prefix + tid: text for tid, text in templates.items()})
                 self.assignments.update(
@@ -584,6 +662,9 @@ class P2OTrainer(GRPOTrainer):
                 }
                 if isinstance(stats.get("cost"), dict):
                     record["cost"] = stats["cost"]
+        groups = self._round_groups(hard_ids, assigned_ids)
+        if groups:
+            record["groups"] = groups
         record["seconds"] = round(time.perf_counter() - t0, 3)
         if record.get("reused"):
             record["seconds"] = earlier.get("seconds", record["seconds"])
@@ -935,15 +1016,20 @@ class PhaseCallback(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         every = self.trainer.args.phase_every_steps
         due = bool(every) and state.global_step % every == 0
-        if due and self.trainer.phases_left() and self._run(state):
+        if due and self._useful(state) and self.trainer.phases_left() and self._run(state):
             control.should_save = True
         return control
 
     def on_epoch_end(self, args, state, control, **kwargs):
         due = self.trainer.args.phase_every_steps is None
-        if due and self.trainer.phases_left() and self._run(state):
+        if due and self._useful(state) and self.trainer.phases_left() and self._run(state):
             control.should_save = True
         return control
+
+    @staticmethod
+    def _useful(state) -> bool:
+        """No phase after the last step: its templates would never be used (as the authors run it)."""
+        return not state.max_steps or state.global_step < state.max_steps
 
     def _run(self, state) -> bool:
         done = {r["global_step"] for r in self.trainer.rounds}
