@@ -6,7 +6,10 @@
 - one policy client: retries on 429/5xx, server down vs bad request;
 - ordinary DSPy modules: ChainOfThought, demos, several input fields; several predictors refused;
 - a phase saves its best and cover templates as DSPy program files; `p2o export` writes one; a fresh
-  process loads it and runs it with a `dspy.LM` on the real tiny policy server.
+  process loads it and runs it with a `dspy.LM` on the real tiny policy server;
+- `p2o eval` of a template against a server runs the program as DSPy calls (the same bytes, sampling
+  settings, finish reasons and token counts from DSPy's LM history); in process it generates from
+  the same adapter's rendering.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ class FakePolicyServer:
     def __init__(self):
         self.bodies: list[dict] = []
         self.fail: list[int] = []
+        self.finish_reason = "stop"
         self.lock = threading.Lock()
         outer = self
 
@@ -88,7 +92,7 @@ class FakePolicyServer:
                             {
                                 "index": 0,
                                 "message": {"role": "assistant", "content": f"answer {n}"},
-                                "finish_reason": "stop",
+                                "finish_reason": outer.finish_reason,
                             }
                         ],
                         "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
@@ -453,3 +457,140 @@ def test_a_phase_with_demos_sends_what_the_trainer_renders_from_templates_json(f
     evolved = load_evolved(target, task=task)
     assert evolved.template == program.template("") and evolved.info["template_id"] == saved[0]["id"]
     assert export_main(["--run", str(tmp_path / "run"), "--round", "1", "--output", str(target)]) == 2
+
+
+# ---------------------------------------------------------------- p2o eval of a template
+
+
+def bench_task(**kwargs) -> Task:
+    """The task of the eval tests' benchmark: two problems whose gold answer the fake server never
+    gives, so every completion scores 0 and only the requests matter."""
+    samples = [Sample("a", "2 + 2", "4"), Sample("b", "3 * 3", "9")]
+    return Task(
+        name="t",
+        build_messages=build_messages,
+        verifier=exact_verifier,
+        splits=lambda split: samples,
+        chat_template_kwargs={"enable_thinking": False},
+    )
+
+
+def _demos_program(tmp_path):
+    return load_program(
+        _program_file(
+            tmp_path,
+            "demos",
+            """
+            class P(dspy.Module):
+                def __init__(self):
+                    super().__init__()
+                    self.solve = dspy.Predict("problem -> completion")
+                    self.solve.demos = [dspy.Example(problem="1 + 1", completion="2")]
+
+                def forward(self, problem):
+                    return self.solve(problem=problem)
+
+            program = P
+            """,
+        )
+    )
+
+
+class _RecordingGenerator:
+    """An in-process backend: records the messages it is asked to generate from."""
+
+    label = "in-process"
+
+    def __init__(self):
+        self.prompts: list = []
+
+    def generate(
+        self, prompts, *, n, temperature, top_p, max_tokens, seed, chat_template_kwargs, progress=None
+    ):
+        from p2o.evaluation import Generation
+
+        self.prompts.extend(prompts)
+        return [[Generation("x", "stop", 1)] * n for _ in prompts]
+
+    def close(self):
+        pass
+
+
+def test_eval_of_a_template_on_a_server_is_a_dspy_call_of_the_program(fake_server, tmp_path):
+    from dspy.clients.base_lm import GLOBAL_HISTORY
+
+    from p2o.evaluation import Benchmark, ServerGenerator, evaluate
+
+    bench = Benchmark(name="b", task=bench_task(), n=2, temperature=0.6, max_tokens=7)
+    server = ServerGenerator(fake_server.url, "policy", label="served", kind="transformers", num_threads=2)
+    fake_server.finish_reason = "length"
+    before = len(GLOBAL_HISTORY)
+    report = evaluate(server, [bench], template="Compute carefully.", output_dir=tmp_path, progress=False)
+
+    assert len(fake_server.bodies) == 4  # 2 problems x n=2, one DSPy call each
+    for body in fake_server.bodies:
+        problem = "2 + 2" if "2 + 2" in body["messages"][-1]["content"] else "3 * 3"
+        trainer = render_augmented(build_messages(problem), "Compute carefully.")
+        assert json.dumps(body["messages"]) == json.dumps(trainer)
+        assert body["chat_template_kwargs"] == {"enable_thinking": False}
+        assert json.loads(body["generation_config"]) == {"do_sample": True, "temperature": 0.6}
+        assert (body["temperature"], body["max_tokens"], body["model"]) == (0.6, 7, "policy")
+    # DSPy recorded every call; finish reasons and token counts come from its history entries.
+    assert len(GLOBAL_HISTORY) - before == 4
+    result = report.results["served"]["b"]
+    assert (result.truncated_frac, result.mean_completion_tokens) == (1.0, 2.0)
+    rows = [json.loads(line) for line in (tmp_path / "served" / "b.jsonl").read_text().splitlines()]
+    assert rows[0]["prompt"] == render_augmented(build_messages("2 + 2"), "Compute carefully.")
+    assert rows[0]["finish_reasons"] == ["length", "length"]
+    assert sorted(c for r in rows for c in r["completions"]) == [f"answer {k}" for k in range(1, 5)]
+    # Nothing is cached: the same evaluation again asks the server again.
+    evaluate(server, [bench], template="Compute carefully.", progress=False)
+    assert len(fake_server.bodies) == 8
+    server.close()
+
+
+def test_eval_in_process_generates_from_the_bytes_the_dspy_call_sends(fake_server, tmp_path):
+    """A program with demos, and a plain text template: the in-process backend is given exactly the
+    messages the served evaluation's DSPy call sends (and the trainer renders from z)."""
+    from p2o.evaluation import Benchmark, ServerGenerator, evaluate
+
+    prog = _demos_program(tmp_path)
+    bench = Benchmark(name="b", task=bench_task(), n=1, temperature=0.0, max_tokens=7)
+    for program, template in ((prog, "Add."), (None, "Add.\n\nCheck the sum.")):
+        fake_server.bodies.clear()
+        local = _RecordingGenerator()
+        evaluate(local, [bench], template=template, program=program, progress=False)
+        server = ServerGenerator(fake_server.url, "policy", label="served", num_threads=1)
+        evaluate(server, [bench], template=template, program=program, progress=False)
+        server.close()
+        z = prog.template(template) if program is not None else template
+        sent = sorted(json.dumps(b["messages"]) for b in fake_server.bodies)
+        trainer = [json.dumps(render_augmented(build_messages(p), z)) for p in ("2 + 2", "3 * 3")]
+        assert [json.dumps(m) for m in local.prompts] == sent == trainer
+        assert ("Worked examples:" in sent[0]) == (program is not None)
+
+
+def test_p2o_eval_runs_an_evolved_program_file_as_dspy_calls(fake_server, tmp_path, capsys):
+    from p2o.evaluation.cli import main as eval_main
+
+    prog = _demos_program(tmp_path)
+    evolved = prog.save_evolved(tmp_path / "best.json", "Add carefully.", template_id="3", task="t")
+    yaml_path = tmp_path / "b.yaml"
+    yaml_path.write_text("name: b\ntask: tests.test_dspy_programs:bench_task\nsplit: test\nmax_tokens: 5\n")
+    args = ["--server", fake_server.url, "--model", "policy", "--benchmarks", str(yaml_path)]
+    out = tmp_path / "eval"
+    code = eval_main([*args, "--template", str(evolved), "--output", str(out), "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    z = prog.template("Add carefully.")
+    sent = sorted(json.dumps(b["messages"]) for b in fake_server.bodies)
+    assert sent == [json.dumps(render_augmented(build_messages(p), z)) for p in ("2 + 2", "3 * 3")]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["settings"]["template"] == z
+    # --program names the program a text template runs in (its demos kept); a program file names its own.
+    text = tmp_path / "z.txt"
+    text.write_text("Add carefully.\n")
+    fake_server.bodies.clear()
+    assert eval_main([*args, "--template", str(text), "--program", prog.source, "--output", str(out)]) == 0
+    assert [b["messages"][-1]["content"].split("\n\nProblem:")[0] for b in fake_server.bodies] == [z, z]
+    assert eval_main([*args, "--template", str(evolved), "--program", "math_cot", "--output", str(out)]) == 2
+    assert "is a program file, which names its program" in capsys.readouterr().err

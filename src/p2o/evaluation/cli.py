@@ -73,6 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--template-id", default=None, help="With a templates.json: the id of the template to use."
     )
     p.add_argument(
+        "--program",
+        default=None,
+        help="A template program (a name in programs/, name@seed, a .py file or a dotted path) whose "
+        "predictor runs the template: the text of --template becomes its instruction (its demos kept); "
+        "without --template its seed is measured. Default: the program an evolved program file records, "
+        "else a plain predictor whose instruction is the text. With --server every templated completion "
+        "is a DSPy call of it, as in a prompt-evolution phase.",
+    )
+    p.add_argument(
         "--output_dir",
         "--output",
         dest="output_dir",
@@ -153,6 +162,17 @@ def read_template(path: Path, template_id: str | None = None) -> str:
     return text
 
 
+def _is_program_file(path: Path) -> bool:
+    if path.suffix != ".json":
+        return False
+    try:
+        return isinstance(
+            (json.loads(path.read_text(encoding="utf-8")).get("metadata") or {}).get("p2o"), dict
+        )
+    except (json.JSONDecodeError, AttributeError, OSError):
+        return False
+
+
 def _fail(msg: str) -> int:
     print(f"p2o eval: error: {msg}", file=sys.stderr)
     return 2
@@ -200,11 +220,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.temperature is not None and args.temperature < 0:
         return _fail(f"--temperature must be >= 0 (got {args.temperature})")
     template = None
-    if args.template is not None:
-        try:
+    program = None
+    try:
+        if args.template is not None:
             template = read_template(args.template, args.template_id)
-        except ValueError as e:
-            return _fail(str(e))
+            if _is_program_file(args.template):
+                if args.program:
+                    return _fail(f"--program: {args.template} is a program file, which names its program")
+                from p2o.templates.programs import evolved_program
+
+                program, template = evolved_program(args.template), None
+        if args.program:
+            from p2o.templates.programs import load_program
+
+            program = load_program(args.program)
+    except ValueError as e:  # ProgramError is a ValueError too
+        return _fail(str(e))
     parsed: dict[str, dict | None] = {}
     for flag in ("chat_template_kwargs", "task_kwargs"):
         raw = getattr(args, flag)
@@ -240,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         top_p=args.top_p,
         max_tokens=args.max_tokens,
         template=template,
+        program=program,
         backend=args.backend,
         server=args.server,
         api_key=args.api_key,

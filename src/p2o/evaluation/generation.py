@@ -9,7 +9,8 @@ sampling with optional top-p (no top-k), as the paper's evaluation and vLLM's de
   Runs anywhere, including CPU; it is what the toy world and the tests use.
 - `VLLMGenerator`: `vllm.LLM(...).chat(...)`, one call per benchmark (vLLM batches internally).
 - `ServerGenerator`: an OpenAI-compatible server (`vllm serve`, `trl vllm-serve`, `transformers
-  serve`) through `p2o.policy.PolicyClient`, one request per completion from a thread pool.
+  serve`) through `p2o.policy.PolicyClient`, one request per completion from a thread pool. A
+  templated evaluation runs there as DSPy calls of the template program (`generate_program`).
 """
 
 from __future__ import annotations
@@ -318,18 +319,57 @@ class ServerGenerator:
     ) -> list[list[Generation]]:
         self.client.chat_template_kwargs = dict(chat_template_kwargs or {})
         extra = {"top_p": float(top_p)} if temperature > 0 and top_p < 1 else {}
-        lock = threading.Lock()
-        out: list[list[Generation | None]] = [[None] * n for _ in prompts]
 
-        def one(i: int, j: int) -> None:
+        def one(i: int) -> Generation:
             c = self.client.chat(prompts[i], temperature=temperature, max_tokens=max_tokens, **extra)
-            out[i][j] = Generation(c.text, c.finish_reason, c.completion_tokens)
+            return Generation(c.text, c.finish_reason, c.completion_tokens)
+
+        return self._fan_out(one, len(prompts), n, progress)
+
+    def generate_program(
+        self,
+        predictor: Any,
+        inputs: list[dict[str, Any]],
+        *,
+        adapter: Any,
+        output_field: str,
+        n: int,
+        temperature: float,
+        top_p: float = 1.0,
+        max_tokens: int,
+        seed: int = 0,
+        chat_template_kwargs: dict[str, Any] | None = None,
+        progress: Progress | None = None,
+    ) -> list[list[Generation]]:
+        """`n` completions per input as DSPy calls: `predictor` through `adapter` to the client's
+        `dspy.LM`, as a GEPA phase runs a candidate. The text is the prediction's `output_field`;
+        finish reason and tokens come from the LM history entry of each call."""
+        self.client.chat_template_kwargs = dict(chat_template_kwargs or {})
+        extra = {"top_p": float(top_p)} if temperature > 0 and top_p < 1 else {}
+
+        def one(i: int) -> Generation:
+            prediction, c = self.client.call(
+                predictor, inputs[i], adapter=adapter, temperature=temperature, max_tokens=max_tokens, **extra
+            )
+            return Generation(str(prediction.get(output_field) or ""), c.finish_reason, c.completion_tokens)
+
+        return self._fan_out(one, len(inputs), n, progress)
+
+    def _fan_out(
+        self, one: Callable[[int], Generation], count: int, n: int, progress: Progress | None
+    ) -> list[list[Generation]]:
+        """`one(i)` n times for each of `count` prompts, from the thread pool, in order."""
+        lock = threading.Lock()
+        out: list[list[Generation | None]] = [[None] * n for _ in range(count)]
+
+        def run(i: int, j: int) -> None:
+            out[i][j] = one(i)
             if progress is not None:
                 with lock:
                     progress(1)
 
         with ThreadPoolExecutor(self.num_threads) as pool:
-            futures = [pool.submit(one, i, j) for i in range(len(prompts)) for j in range(n)]
+            futures = [pool.submit(run, i, j) for i in range(count) for j in range(n)]
             try:
                 for f in futures:
                     f.result()  # the first server error stops the benchmark with its message

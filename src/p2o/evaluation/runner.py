@@ -2,7 +2,8 @@
 
 For every model and benchmark: the benchmark's problems are turned into chat prompts by its task
 (x), rendered with the one renderer T(x, z) when a template is measured, generated `n` times (greedy
-when the temperature is 0), and every completion is scored by the task's verifier in a thread pool.
+when the temperature is 0; against a server, a templated completion is a DSPy call of the template
+program, as in a GEPA phase), and every completion is scored by the task's verifier in a thread pool.
 Reported: avg@n (mean accuracy over all completions; greedy avg@1 is plain accuracy) and unbiased
 pass@k, per benchmark, and the mean over the paper's six benchmarks.
 
@@ -21,7 +22,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from p2o.evaluation.benchmarks import (
     PAPER_BENCHMARKS,
@@ -40,7 +41,9 @@ from p2o.evaluation.generation import (
 )
 from p2o.evaluation.metrics import avg_at_n, mean_pass_at_k, parse_ks
 from p2o.tasks.base import Sample, Task, Verdict
-from p2o.templates import render_augmented
+
+if TYPE_CHECKING:
+    from p2o.templates.programs import TemplateProgram
 
 BACKENDS = ("auto", "vllm", "transformers")
 
@@ -208,6 +211,28 @@ class _Loaded:
     error: str | None = None
 
 
+@dataclass
+class _TemplateCall:
+    """What a templated evaluation runs: a template program's predictor with this instruction."""
+
+    program: TemplateProgram
+    instruction: str
+
+
+def _template_call(program: Any, template: str | None) -> _TemplateCall | None:
+    from p2o.templates.programs import TemplateProgram, load_program, text_program
+
+    if program is None:
+        return None if template is None else _TemplateCall(text_program(template), template)
+    if isinstance(program, str | Path):
+        program = load_program(str(program))
+    if not isinstance(program, TemplateProgram):
+        raise ValueError(
+            f"evaluate: program must be a TemplateProgram or a program name, got {type(program).__name__}"
+        )
+    return _TemplateCall(program, program.seed if template is None else template)
+
+
 def evaluate(
     models: str | Path | Generator | Sequence[str | Path | Generator],
     benchmarks: str | Benchmark | Sequence[str | Benchmark],
@@ -217,6 +242,7 @@ def evaluate(
     top_p: float | None = None,
     max_tokens: int | None = None,
     template: str | None = None,
+    program: Any = None,
     backend: str = "auto",
     server: str | None = None,
     api_key: str | None = None,
@@ -241,6 +267,14 @@ def evaluate(
         greedy decoding, and then n is 1.
     template: a template text z; prompts become T(x, z) (the one renderer), measuring a prompt's
         effect without training.
+    program: a template program (`TemplateProgram`, a program name such as `math_cot@stepwise`, or
+        an evolved program file's `evolved_program(path)`) whose predictor runs the template: with
+        `template`, the text is its instruction (its demos kept), else its seed instruction is
+        measured. Without it, a template text runs as `text_program` (no demos: x̃ = T(x, z)).
+        Against a server, each templated completion is a DSPy call of the program's predictor
+        through `TemplateAdapter` to the policy client's `dspy.LM` (never cached), as in a GEPA
+        phase; in-process backends (transformers, vLLM offline) generate from the messages that
+        adapter's `format` renders, the same bytes, without a DSPy LM call.
     backend: 'auto' (vLLM offline engine when installed and a GPU is present, else transformers),
         'vllm' or 'transformers'. `server`: the URL of an OpenAI-compatible server instead, with
         `models` naming the served model(s).
@@ -257,6 +291,9 @@ def evaluate(
         raise ValueError("evaluate: no benchmark given")
     if template is not None and not template.strip():
         template = None
+    call = _template_call(program, template)
+    if call is not None:
+        template = call.program.template(call.instruction) or None
 
     loaded = [_load(spec, data_dir, limit, task_kwargs) for spec in bench_list]
     names = [lb.bench.name for lb in loaded]
@@ -319,7 +356,7 @@ def evaluate(
                     temperature=temperature,
                     top_p=top_p,
                     max_tokens=max_tokens,
-                    template=template,
+                    call=call,
                     seed=seed,
                     pass_k=pass_k,
                     num_threads=num_threads,
@@ -378,7 +415,7 @@ def _run_one(
     temperature: float | None,
     top_p: float | None,
     max_tokens: int | None,
-    template: str | None,
+    call: _TemplateCall | None,
     seed: int,
     pass_k: Any,
     num_threads: int,
@@ -392,19 +429,38 @@ def _run_one(
     result = BenchmarkResult(label, bench.name, n=k_n, temperature=temp, source=lb.source)
     t0 = time.perf_counter()
     try:
-        prompts = [render_augmented(task.build_messages(s.problem), template) for s in samples]
-        kwargs = {**(task.chat_template_kwargs or {}), **(chat_template_kwargs or {})}
+        sampling: dict[str, Any] = {
+            "n": k_n,
+            "temperature": temp,
+            "top_p": bench.top_p if top_p is None else float(top_p),
+            "max_tokens": bench.max_tokens if max_tokens is None else int(max_tokens),
+            "seed": seed,
+            "chat_template_kwargs": {**(task.chat_template_kwargs or {}), **(chat_template_kwargs or {})},
+        }
         gen_task = bar.add_task(f"{label} · {bench.name} · generate", total=len(samples) * k_n)
-        gens = generator.generate(
-            prompts,
-            n=k_n,
-            temperature=temp,
-            top_p=bench.top_p if top_p is None else float(top_p),
-            max_tokens=bench.max_tokens if max_tokens is None else int(max_tokens),
-            seed=seed,
-            chat_template_kwargs=kwargs,
-            progress=lambda k: bar.advance(gen_task, k),
-        )
+
+        def tick(k: int) -> None:
+            bar.advance(gen_task, k)
+
+        if call is None:
+            prompts = [task.build_messages(s.problem) for s in samples]
+            gens = generator.generate(prompts, progress=tick, **sampling)
+        else:
+            from p2o.templates.programs import TemplateAdapter
+
+            adapter = TemplateAdapter(task.build_messages)
+            prompts = [call.program.render(task.build_messages, s.problem, call.instruction) for s in samples]
+            if hasattr(generator, "generate_program"):  # a served policy: DSPy calls of the program
+                gens = generator.generate_program(
+                    call.program.predictor_with(call.instruction),
+                    [call.program.inputs(s.problem) for s in samples],
+                    adapter=adapter,
+                    output_field=call.program.output_field,
+                    progress=tick,
+                    **sampling,
+                )
+            else:  # in process: the adapter's rendering, generated without an LM call
+                gens = generator.generate(prompts, progress=tick, **sampling)
         bar.update(gen_task, completed=len(samples) * k_n)
         score_task = bar.add_task(f"{label} · {bench.name} · score", total=len(samples) * k_n)
         verdicts = _score(task, samples, gens, num_threads, lambda: bar.advance(score_task, 1))

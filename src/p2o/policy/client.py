@@ -167,6 +167,34 @@ def _status(exc: BaseException) -> int | None:
     return None
 
 
+class _CallRecord:
+    """Collects the LM history entries of one DSPy call: DSPy appends each entry to the history of
+    every module in `caller_modules`, and `dspy.context` keeps that list per thread."""
+
+    def __init__(self) -> None:
+        self.history: list[dict[str, Any]] = []
+
+    def completion(self) -> Completion:
+        """The call's completion as the server sent it (the last LM call of the module), with the
+        tokens of all its LM calls."""
+        if not self.history:
+            return Completion(text="")
+        prompt_tokens = completion_tokens = 0
+        for entry in self.history:
+            usage = entry.get("usage") or {}
+            prompt_tokens += int(usage.get("prompt_tokens") or 0)
+            completion_tokens += int(usage.get("completion_tokens") or 0)
+        choices = getattr(self.history[-1].get("response"), "choices", None) or [None]
+        message = getattr(choices[0], "message", None)
+        return Completion(
+            text=getattr(message, "content", None) or "",
+            finish_reason=getattr(choices[0], "finish_reason", None),
+            reasoning=getattr(message, "reasoning_content", None) or getattr(message, "reasoning", None),
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+        )
+
+
 class PolicyClient:
     """Chat completions from one model on one server, through one `dspy.LM`.
 
@@ -316,26 +344,38 @@ class PolicyClient:
         """Run a DSPy predictor (or module) on `inputs` through `adapter` and this server: a DSPy call
         (history, callbacks and usage tracking work as in any DSPy program). Returns the
         `dspy.Prediction`; raises as `chat` does."""
+        return self.call(
+            predictor, inputs, adapter=adapter, temperature=temperature, max_tokens=max_tokens, **extra
+        )[0]
+
+    def call(
+        self,
+        predictor: Any,
+        inputs: dict[str, Any],
+        *,
+        adapter: Any,
+        temperature: float = 0.0,
+        max_tokens: int = 512,
+        **extra: Any,
+    ) -> tuple[Any, Completion]:
+        """`predict`, with what the server said about the call: the `Completion` (raw text, finish
+        reason, token counts) read from the LM history entry DSPy recorded for it. With DSPy's history
+        off (`disable_history`), only the text is known."""
         import dspy
 
         lm = self.lm_for(temperature, max_tokens, **extra)
+        record = _CallRecord()
+        callers = [*(dspy.settings.caller_modules or []), record]
         start = time.perf_counter()
         try:
-            with dspy.context(lm=lm, adapter=adapter), dspy.track_usage() as tracker, _policy_call():
+            with dspy.context(lm=lm, adapter=adapter, caller_modules=callers), _policy_call():
                 prediction = predictor(**inputs)
         except Exception as e:
             self.usage.add(None, time.perf_counter() - start)
             raise self.error(e) from e
-        tokens = tracker.get_total_tokens().get(lm.model, {})
-        self.usage.add(
-            Completion(
-                text="",
-                prompt_tokens=int(tokens.get("prompt_tokens") or 0),
-                completion_tokens=int(tokens.get("completion_tokens") or 0),
-            ),
-            time.perf_counter() - start,
-        )
-        return prediction
+        c = record.completion()
+        self.usage.add(c, time.perf_counter() - start)
+        return prediction, c
 
     def complete_text(self, prompt: str, *, temperature: float, max_tokens: int) -> Completion:
         """A single user message → completion (how `self` / `initial` reflection calls the policy)."""

@@ -20,11 +20,13 @@ _LAZY = {
     "TemplateAdapter": "p2o.templates.programs",
     "TemplateProgram": "p2o.templates.programs",
     "list_programs": "p2o.templates.programs",
+    "evolved_program": "p2o.templates.programs",
     "load_evolved": "p2o.templates.programs",
     "load_program": "p2o.templates.programs",
     "read_evolved_info": "p2o.templates.programs",
     "template_of": "p2o.templates.programs",
     "template_text": "p2o.templates.programs",
+    "text_program": "p2o.templates.programs",
 }
 
 

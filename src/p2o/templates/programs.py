@@ -327,6 +327,34 @@ def load_program(spec: str) -> TemplateProgram:
     )
 
 
+class _TextTemplate(dspy.Signature):
+    problem: str = dspy.InputField()
+    completion: str = dspy.OutputField()
+
+
+class _TextTemplateProgram(dspy.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.solve = dspy.Predict(_TextTemplate)
+
+    def forward(self, problem: str) -> dspy.Prediction:
+        return self.solve(problem=problem)
+
+
+def text_program(template: str = "") -> TemplateProgram:
+    """The program a bare template text runs as: one `dspy.Predict(problem -> completion)` without
+    demos whose instruction is the text, so a call sends exactly `render_augmented(x, template)`."""
+    return TemplateProgram(
+        name="text",
+        module=_TextTemplateProgram(),
+        predictor_name="solve",
+        seed=template,
+        seed_name="text",
+        source="(template text)",
+        seeds={"text": template},
+    )
+
+
 class EvolvedProgram(dspy.Module):
     """An evolved template program, ready to call: the program's own module (with the evolved
     instruction) run through the task's `TemplateAdapter`, so a call sends the policy exactly the
@@ -393,6 +421,23 @@ def load_evolved(
         dspy.inspect_history()
     """
     path = Path(path)
+    prog = evolved_program(path, program=program)
+    info = read_evolved_info(path)
+    if task is None or isinstance(task, str):
+        name = task or info.get("task")
+        if not name:
+            raise ProgramError(f"{path} records no task: pass task= (a Task or a task name) to load_evolved")
+        from p2o.tasks.registry import get_task
+
+        task = get_task(name)
+    return EvolvedProgram(prog.module, TemplateAdapter(task.build_messages), info)
+
+
+def evolved_program(path: str | Path, *, program: str | TemplateProgram | None = None) -> TemplateProgram:
+    """An evolved program file as a `TemplateProgram` whose module holds the saved instruction and
+    demos and whose seed is the evolved instruction (`program.template(program.seed)` is z). No task
+    is needed: pair it with any task's `TemplateAdapter`. `program` as in `load_evolved`."""
+    path = Path(path)
     info = read_evolved_info(path)
     if isinstance(program, TemplateProgram):
         prog = program
@@ -401,13 +446,6 @@ def load_evolved(
         if program is None and not Path(str(spec)).exists() and info.get("program"):
             spec = info["program"]  # the file it came from moved: find the program by name
         prog = load_program(str(spec))
-    if task is None or isinstance(task, str):
-        name = task or info.get("task")
-        if not name:
-            raise ProgramError(f"{path} records no task: pass task= (a Task or a task name) to load_evolved")
-        from p2o.tasks.registry import get_task
-
-        task = get_task(name)
     module = copy.deepcopy(prog.module)
     try:
         module.load(str(path))
@@ -416,13 +454,25 @@ def load_evolved(
             f"{path} does not fit template program {prog.source} ({type(e).__name__}: {e}); pass the "
             "program it was saved from as program="
         ) from e
-    evolved = EvolvedProgram(module, TemplateAdapter(task.build_messages), info)
-    predictor = dict(module.named_predictors()).get(info.get("predictor", prog.predictor_name))
-    if predictor is not None and "template" in info:
+    predictor_name = info.get("predictor", prog.predictor_name)
+    predictor = dict(module.named_predictors()).get(predictor_name)
+    if predictor is None:
+        raise ProgramError(f"{path}: the program {prog.source} has no predictor {predictor_name!r}")
+    if "template" in info:
         got = template_text(predictor.signature, list(predictor.demos or []))
         if got.strip() != str(info["template"]).strip():
             raise ProgramError(
                 f"{path}: the loaded program renders template {got[:80]!r}, but the file records "
                 f"{str(info['template'])[:80]!r}; the program {prog.source} changed since the file was saved"
             )
-    return evolved
+    instruction = str(info.get("instruction", template_of(predictor.signature)))
+    return TemplateProgram(
+        name=str(info.get("program") or prog.name),
+        module=module,
+        predictor_name=predictor_name,
+        seed=instruction,
+        seed_name="evolved",
+        source=str(path),
+        seeds={"evolved": instruction},
+        description=prog.description,
+    )
