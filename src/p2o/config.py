@@ -45,10 +45,7 @@ from typing import Any
 
 from trl import GRPOConfig
 
-
-class ConfigError(ValueError):
-    """An invalid configuration value. The message names the field and what is allowed."""
-
+from p2o.errors import ConfigError
 
 REFLECTION_CHOICES = ("self", "initial", "toy-teacher", "teacher:<litellm model>")
 CANDIDATE_SELECTION = ("pareto", "current_best", "epsilon_greedy")

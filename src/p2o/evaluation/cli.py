@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from p2o.evaluation.benchmarks import GROUPS, BenchmarkError, list_benchmarks, load_benchmark
+from p2o.tasks.benchmarks import GROUPS, BenchmarkError, list_benchmarks, load_benchmark
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -160,7 +160,7 @@ def _fail(msg: str) -> int:
 
 def _default_model(benchmarks: list[str]) -> str | None:
     """The task's own policy when every benchmark's task has one (the toy world), else None."""
-    from p2o.evaluation.benchmarks import expand_names
+    from p2o.tasks.benchmarks import expand_names
 
     found: set[str] = set()
     for name in expand_names(benchmarks):

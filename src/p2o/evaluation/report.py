@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from p2o.evaluation.benchmarks import PAPER_BENCHMARKS
+from p2o.tasks.benchmarks import PAPER_BENCHMARKS
 
 SUMMARY_JSON = "summary.json"
 SUMMARY_MD = "summary.md"

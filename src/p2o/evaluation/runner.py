@@ -23,13 +23,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from p2o.evaluation.benchmarks import (
-    PAPER_BENCHMARKS,
-    Benchmark,
-    BenchmarkError,
-    expand_names,
-    load_benchmark,
-)
 from p2o.evaluation.generation import (
     GenerationError,
     Generator,
@@ -40,6 +33,13 @@ from p2o.evaluation.generation import (
 )
 from p2o.evaluation.metrics import avg_at_n, mean_pass_at_k, parse_ks
 from p2o.tasks.base import Sample, Task, Verdict
+from p2o.tasks.benchmarks import (
+    PAPER_BENCHMARKS,
+    Benchmark,
+    BenchmarkError,
+    expand_names,
+    load_benchmark,
+)
 from p2o.templates import render_augmented
 
 BACKENDS = ("auto", "vllm", "transformers")

@@ -322,7 +322,7 @@ def prepare_eval(
     benchmarks: str = "paper", output: str | Path = "data/eval", *, data_dir: str | Path | None = None
 ) -> dict[str, Any]:
     """Copy benchmarks' problems to `output/<name>.jsonl` (for `p2o eval --data-dir`)."""
-    from p2o.evaluation.benchmarks import BenchmarkError, expand_names, load_benchmark
+    from p2o.tasks.benchmarks import BenchmarkError, expand_names, load_benchmark
 
     out = Path(output)
     record: dict[str, Any] = {"files": {}, "errors": {}}

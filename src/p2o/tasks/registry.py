@@ -7,14 +7,10 @@ import importlib
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from p2o.errors import RegistryError
 from p2o.tasks.base import Task, Verifier
 
 T = TypeVar("T")
-
-
-class RegistryError(ValueError):
-    """A task or verifier that cannot be found: an unknown name, or a dotted path whose module or
-    attribute does not exist. The message names it and what is known."""
 
 
 _VERIFIERS: dict[str, Callable[..., Verifier]] = {}
