@@ -47,7 +47,7 @@ from trl import GRPOConfig
 
 from p2o.errors import ConfigError
 
-REFLECTION_CHOICES = ("self", "initial", "toy-teacher", "teacher:<litellm model>")
+REFLECTION_CHOICES = ("self", "initial", "teacher:<litellm model>")  # and the names plug-ins register
 CANDIDATE_SELECTION = ("pareto", "current_best", "epsilon_greedy")
 
 
@@ -66,8 +66,11 @@ def _cuda_available() -> bool:
 
 
 def check_reflection(value: str, field_name: str = "reflection") -> None:
-    ok = value in ("self", "initial", "toy-teacher") or (value.startswith("teacher:") and len(value) > 8)
-    _check(ok, field_name, "one of " + ", ".join(REFLECTION_CHOICES), value)
+    from p2o.plugins import list_reflectors
+
+    registered = list_reflectors()
+    ok = value in ("self", "initial", *registered) or (value.startswith("teacher:") and len(value) > 8)
+    _check(ok, field_name, "one of " + ", ".join((*REFLECTION_CHOICES, *registered)), value)
 
 
 # ---------------------------------------------------------------- field types
@@ -290,7 +293,7 @@ class P2OConfig(GRPOConfig):
         metadata={
             "help": "Reflection model: 'teacher:<litellm model>' (Teacher-Ref; keys from the environment), "
             "'self' (the live policy), 'initial' (the frozen initial policy: the paper's Self-Ref), "
-            "'toy-teacher' (the toy world's scripted teacher)."
+            "or a name a plug-in registers (p2o.plugins.register_reflector)."
         },
     )
     reflection_temperature: float = field(default=1.0, metadata={"help": "Reflection model temperature."})

@@ -29,16 +29,17 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from p2o.plugins import load_plugins
 from p2o.resources import list_names, search_dirs
 from p2o.tasks.base import Sample, Task, Verifier
 from p2o.tasks.data import DataError, load_samples
 
 # The six benchmarks whose mean the paper reports (Tables 1-2).
 PAPER_BENCHMARKS: tuple[str, ...] = ("aime24", "aime25", "amc23", "math500", "minerva", "olympiadbench")
-# Names that stand for several benchmarks on the command line.
+# Names that stand for several benchmarks on the command line; plug-ins add theirs
+# (`register_benchmark_group`), `benchmark_groups()` lists them all.
 GROUPS: dict[str, tuple[str, ...]] = {
     "paper": PAPER_BENCHMARKS,
-    "toy_all": ("toy", "toy_hard", "toy_easy"),
 }
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
 
@@ -258,7 +259,7 @@ def _find(name: str) -> Path:
                 return candidate
     known = ", ".join(list_benchmarks()) or "(none)"
     raise BenchmarkError(
-        f"unknown benchmark {name!r}. Known: {known}; groups: {', '.join(GROUPS)}; or give the path of a "
+        f"unknown benchmark {name!r}. Known: {known}; groups: {', '.join(benchmark_groups())}; or give the path of a "
         "benchmark YAML file."
     )
 
@@ -268,14 +269,26 @@ def list_benchmarks() -> list[str]:
     return list_names("evals", (".yaml", ".yml"))
 
 
+def register_benchmark_group(name: str, members: tuple[str, ...] | list[str]) -> None:
+    """Let `name` stand for the benchmarks `members` on the command line (`--benchmarks name`)."""
+    GROUPS[name] = tuple(members)
+
+
+def benchmark_groups() -> dict[str, tuple[str, ...]]:
+    """Every group name -> its benchmarks, the plug-ins' included."""
+    load_plugins()
+    return dict(GROUPS)
+
+
 def expand_names(spec: str | list[str]) -> list[str]:
     """`"paper,toy"` or a list → benchmark names/paths with groups expanded, duplicates dropped."""
     items = spec.split(",") if isinstance(spec, str) else list(spec)
+    groups = benchmark_groups()
     out: list[str] = []
     for item in (s.strip() for s in items):
         if not item:
             continue
-        for name in GROUPS.get(item, (item,)):
+        for name in groups.get(item, (item,)):
             if name not in out:
                 out.append(name)
     return out
