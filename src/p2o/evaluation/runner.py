@@ -32,6 +32,7 @@ from p2o.evaluation.generation import (
     vllm_available,
 )
 from p2o.evaluation.metrics import avg_at_n, mean_pass_at_k, parse_ks
+from p2o.files import write_jsonl_atomic
 from p2o.tasks.base import Sample, Task, Verdict
 from p2o.tasks.benchmarks import (
     PAPER_BENCHMARKS,
@@ -465,14 +466,7 @@ def _score(
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    import json
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".jsonl.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(path)
+    write_jsonl_atomic(path, rows)
 
 
 class _NoBar:

@@ -340,7 +340,7 @@ def write_summary(
         "rounds": trainer.rounds,
         "final_model": str(final) if final else None,
     }
-    from p2o.train.trainer import write_json_atomic
+    from p2o.files import write_json_atomic
 
     write_json_atomic(Path(trainer.args.output_dir) / "train_summary.json", summary)
     return summary

@@ -51,6 +51,7 @@ from trl import GRPOTrainer
 from trl.trainer.utils import RepeatSampler, pad
 
 from p2o.config import P2OConfig
+from p2o.files import write_json_atomic
 from p2o.tasks.base import Sample, Task
 from p2o.templates import render_augmented
 from p2o.train.hard import HardSampleTracker
@@ -64,16 +65,6 @@ SAMPLE_LOG_LIMIT = 400  # rows per round in rounds/round-NNN/samples.jsonl
 
 def _say(message: str) -> None:
     print(f"p2o: {message}", file=sys.stderr, flush=True)
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with tmp.open("w") as f:
-        json.dump(data, f, indent=2, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 @dataclass
