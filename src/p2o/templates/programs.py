@@ -36,7 +36,7 @@ import importlib.util
 import json
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -147,7 +147,6 @@ class TemplateProgram:
     seed: str
     seed_name: str
     source: str
-    seeds: dict[str, str] = field(default_factory=dict)
     description: str = ""
 
     @property
@@ -316,7 +315,6 @@ def load_program(spec: str) -> TemplateProgram:
         seed=seed,
         seed_name=seed_name,
         source=source,
-        seeds=seeds,
         description=description,
     )
 
