@@ -19,6 +19,7 @@ RANKS = {
     "resources": 0,
     "plugins": 0,
     "files": 0,
+    "devices": 0,
     "cliutil": 1,
     "tasks": 2,
     "templates": 3,

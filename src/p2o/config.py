@@ -45,6 +45,7 @@ from typing import Any
 
 from trl import GRPOConfig
 
+from p2o.devices import cuda_available
 from p2o.errors import ConfigError
 
 REFLECTION_CHOICES = ("self", "initial", "teacher:<litellm model>")  # and the names plug-ins register
@@ -54,15 +55,6 @@ CANDIDATE_SELECTION = ("pareto", "current_best", "epsilon_greedy")
 def _check(cond: bool, field_name: str, allowed: str, value: Any) -> None:
     if not cond:
         raise ConfigError(f"{field_name}: must be {allowed} (got {value!r})")
-
-
-def _cuda_available() -> bool:
-    try:
-        import torch
-
-        return torch.cuda.is_available()
-    except Exception:  # torch import problems are reported where torch is really needed
-        return False
 
 
 def check_reflection(value: str, field_name: str = "reflection") -> None:
@@ -444,7 +436,7 @@ class P2OConfig(GRPOConfig):
 
     def __post_init__(self) -> None:
         check_field_types(self)
-        if not _cuda_available():
+        if not cuda_available():
             # CPU-safe settings instead of failing on a machine without a GPU.
             self.use_cpu = True
             self.bf16 = False

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from p2o.devices import cuda_available
 from p2o.evaluation.generation import (
     GenerationError,
     Generator,
@@ -181,18 +182,9 @@ def open_generator(
     if server:
         kind = "transformers" if backend == "transformers" else "vllm"
         return ServerGenerator(server, path, label=label, kind=kind, api_key=api_key, num_threads=num_threads)
-    if backend == "vllm" or (backend == "auto" and vllm_available() and _cuda()):
+    if backend == "vllm" or (backend == "auto" and vllm_available() and cuda_available()):
         return VLLMGenerator(path, label=label, seed=seed, **(vllm_kwargs or {}))
     return TransformersGenerator.from_pretrained(path, label=label, batch_size=batch_size)
-
-
-def _cuda() -> bool:
-    try:
-        import torch
-
-        return torch.cuda.is_available()
-    except ImportError:
-        return False
 
 
 # ---------------------------------------------------------------- evaluate

@@ -81,6 +81,13 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def vllm_server_url(args: Any) -> str:
+    """The root URL of TRL's vLLM server (`trl vllm-serve`) as a `GRPOConfig` names it: its
+    `vllm_server_base_url`, else `http://<vllm_server_host>:<vllm_server_port>`."""
+    base = getattr(args, "vllm_server_base_url", None)
+    return (base or f"http://{args.vllm_server_host}:{args.vllm_server_port}").rstrip("/")
+
+
 def _root(url: str) -> str:
     url = url.rstrip("/")
     return url[: -len("/v1")] if url.endswith("/v1") else url
@@ -230,21 +237,13 @@ class PolicyServer:
                 cmd.append("--continuous-batching")
         else:
             assert model is not None
-            cmd = [
-                "vllm",
-                "serve",
-                model,
-                "--host",
-                self.host,
-                "--port",
-                str(self.port),
-                "--served-model-name",
-                model,
-                "--weight-transfer-config",
-                '{"backend":"nccl"}',
-                "--logprobs-mode",
-                "processed_logprobs",
-            ]
+            # TRL's own builder, so the server has every flag TRL's weight sync and log-probs rely on
+            # (weight transfer, processed log-probs, ...), as TRL's version at hand adds them.
+            from trl.scripts.vllm_serve import ScriptArguments, build_command
+
+            cmd = build_command(
+                ScriptArguments(model=model, host=self.host, port=self.port), ["--served-model-name", model]
+            )
         return cmd + self.extra_args
 
     def start(self) -> PolicyServer:
