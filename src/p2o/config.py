@@ -6,7 +6,7 @@ Parsed with `trl.TrlParser`, so `p2o train --config configs/x.yaml --learning_ra
 `__post_init__` before any model is loaded; a bad value raises `ConfigError` naming the field and
 what is allowed.
 
-Defaults follow the paper (v3) and its authors' released configuration; see DESIGN.md.
+Defaults follow the paper (v3) and its authors' released configuration; see docs/design.md.
 
 P²O fields, by group:
 

@@ -1,6 +1,6 @@
 """One prompt-evolution phase: GEPA against the live policy, then template assignment.
 
-DESIGN.md steps 3–5, top to bottom:
+docs/design.md steps 3–5, top to bottom:
 
 1. Split the hard samples into dev (≤ `dev_max_size`; half/half when fewer than
    `dev_split_threshold`) and train, seeded.

@@ -9,7 +9,7 @@
   the contract: the server memory-maps safetensors, so a checkpoint overwritten in place could be
   read half old, half new — save each phase's weights to a fresh directory.
 - `PolicyServer(backend="vllm")` — launches `vllm serve <checkpoint>` with the weight-transfer flags
-  TRL's server mode uses (DESIGN.md); `use_checkpoint` restarts it on the new directory.
+  TRL's server mode uses (docs/design.md); `use_checkpoint` restarts it on the new directory.
 - `RemotePolicy(url, model_name)` — a server someone else runs (TRL's `vllm serve` whose weights the
   trainer pushes before each phase): p2o only talks to it.
 
