@@ -141,4 +141,6 @@ def _default_model(seed: int, output: str | None = None, **world: int) -> str:
 
     defaults = {"digits": W.DIGITS, "n_easy": W.N_EASY, "n_hard": W.N_HARD, "n_unknown": W.N_UNKNOWN}
     overrides = {k: v for k, v in world.items() if v != defaults[k]}
-    return str(ensure_toy_model(seed=seed, output=output, **overrides))
+    if output is not None:
+        overrides["output"] = output
+    return str(ensure_toy_model(seed=seed, **overrides))
