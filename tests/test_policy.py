@@ -134,3 +134,15 @@ def test_launched_server_boots_unwaited_and_the_first_checkpoint_waits_for_it(ti
     finally:
         s.stop()
     assert not s.running
+
+
+def test_the_vllm_server_command_is_trls_own(tmp_path):
+    """`vllm serve` gets every flag TRL's weight sync relies on, from TRL's builder (no copy to go stale)."""
+    from trl.scripts.vllm_serve import ScriptArguments, build_command
+
+    s = PolicyServer("org/model", log_dir=tmp_path, backend="vllm", port=8123, extra_args=["--seed", "1"])
+    cmd = s._command("org/model")
+    trl = build_command(ScriptArguments(model="org/model", host="127.0.0.1", port=8123))
+    assert cmd == [*trl, "--served-model-name", "org/model", "--seed", "1"]
+    for flag in ("--weight-transfer-config", "--logprobs-mode", "--max-logprobs"):
+        assert flag in cmd

@@ -2,7 +2,7 @@
 
 import pytest
 
-from p2o.templates import render_augmented, strip_template
+from p2o.templates import render_augmented
 
 X = [{"role": "system", "content": "sys"}, {"role": "user", "content": "What is 2+2?"}]
 
@@ -14,10 +14,7 @@ def test_template_then_blank_line_then_problem():
     assert X[1]["content"] == "What is 2+2?"  # input untouched
 
 
-def test_empty_template_is_identity_and_strip_inverts():
+def test_empty_template_is_identity():
     assert render_augmented(X, "") == X and render_augmented(X, "  \n") == X
-    assert strip_template(render_augmented(X, "Z"), "Z") == X
-    with pytest.raises(ValueError):
-        strip_template(X, "Z")
     with pytest.raises(ValueError, match="no user message"):
         render_augmented([{"role": "system", "content": "s"}], "Z")

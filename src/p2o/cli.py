@@ -1,8 +1,9 @@
 """The `p2o` command: a thin dispatcher to each stage's own `main(argv)`.
 
-Each subcommand lives in the module that does the work (`p2o.train.cli`, `p2o.toy.cli`, ...) and is
+Each subcommand lives in the module that does the work (`p2o.train.cli`, `p2o.evolve.cli`, ...) and is
 imported only when called, so `p2o --help` is instant and one stage's heavy imports never slow
-another's.
+another's. Plug-ins add commands of their own (`p2o.plugins.register_command`; the toy world's
+`p2o toy` and `p2o demo`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import argparse
 import importlib
 import sys
 
-# name -> (module with `main(argv) -> int`, one-line help)
+# name -> (module with `main(argv) -> int`, one-line help); `commands()` adds the plug-ins'.
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": (
         "p2o.train.cli",
@@ -26,11 +27,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Write one evolved template program of a run as a DSPy program file (JSON) to load and call.",
     ),
     "eval": ("p2o.evaluation.cli", "Evaluate checkpoints (and templates) on benchmarks: avg@n, pass@k."),
-    "demo": ("p2o.demo", "Reproduce the paper's comparison in miniature on the toy world (CPU, minutes)."),
-    "toy": (
-        "p2o.toy.cli",
-        "Build the toy world: a tiny local policy whose hard samples only a prompt unlocks.",
-    ),
     "data": (
         "p2o.tasks.prep",
         "Prepare training / held-out subsets (DeepScaleR, DeepMath) from a hub id or file.",
@@ -40,6 +36,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Rehearse the paper's recipes end to end on CPU with stand-ins (hub model, data, teacher).",
     ),
 }
+
+
+def commands() -> dict[str, tuple[str, str]]:
+    from p2o.plugins import plugin_commands
+
+    return {**COMMANDS, **{k: v for k, v in plugin_commands().items() if k not in COMMANDS}}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"p2o {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="<command>")
-    for name, (_, help_text) in COMMANDS.items():
+    for name, (_, help_text) in commands().items():
         sub.add_parser(name, help=help_text, add_help=False)
     return parser
 
@@ -60,11 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    if not argv or argv[0] not in COMMANDS:
+    known = commands()
+    if not argv or argv[0] not in known:
         parser.parse_args(argv or ["--help"])
         return 2
     name, rest = argv[0], argv[1:]
-    module_name, _ = COMMANDS[name]
+    module_name, _ = known[name]
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:

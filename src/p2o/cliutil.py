@@ -30,28 +30,17 @@ CONFIG_HELP = (
 
 
 def report_errors(prog: str, fn: Callable[[], int]) -> int:
-    """Run `fn`; a `ConfigError` / `DataError` / `ToyBuildError` becomes `prog: error: ...` on stderr and exit code 2."""
-    # Imported here so that parsing a command line never pays for TRL's import.
+    """Run `fn`; a `p2o.errors.UserError` (an invalid config value, a bad data row, an unknown task,
+    verifier or reflection model, a toy build that did not learn) becomes `prog: ...` on stderr and
+    exit code 2."""
     import yaml
 
-    from p2o.config import ConfigError
-    from p2o.tasks.data import DataError
-    from p2o.tasks.registry import RegistryError
-    from p2o.toy.build import ToyBuildError
+    from p2o.errors import UserError
 
     try:
         return int(fn() or 0)
-    except ConfigError as e:
-        print(f"{prog}: invalid config: {e}", file=sys.stderr)
-        return 2
-    except DataError as e:
-        print(f"{prog}: data error: {e}", file=sys.stderr)
-        return 2
-    except ToyBuildError as e:
-        print(f"{prog}: {e}", file=sys.stderr)
-        return 2
-    except RegistryError as e:  # --task / a verifier: unknown name, or a module that is not there
-        print(f"{prog}: {e}", file=sys.stderr)
+    except UserError as e:
+        print(f"{prog}: {e.prefix}{e}", file=sys.stderr)
         return 2
     except yaml.YAMLError as e:  # a config file TRL's parser read
         print(f"{prog}: {_yaml_problem(e)}", file=sys.stderr)

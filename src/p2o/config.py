@@ -6,7 +6,7 @@ Parsed with `trl.TrlParser`, so `p2o train --config configs/x.yaml --learning_ra
 `__post_init__` before any model is loaded; a bad value raises `ConfigError` naming the field and
 what is allowed.
 
-Defaults follow the paper (v3) and its authors' released configuration; see DESIGN.md.
+Defaults follow the paper (v3) and its authors' released configuration; see docs/design.md.
 
 P²O fields, by group:
 
@@ -46,12 +46,10 @@ from typing import Any
 
 from trl import GRPOConfig
 
+from p2o.devices import cuda_available
+from p2o.errors import ConfigError
 
-class ConfigError(ValueError):
-    """An invalid configuration value. The message names the field and what is allowed."""
-
-
-REFLECTION_CHOICES = ("self", "initial", "toy-teacher", "teacher:<litellm model>")
+REFLECTION_CHOICES = ("self", "initial", "teacher:<litellm model>")  # and the names plug-ins register
 CANDIDATE_SELECTION = ("pareto", "current_best", "epsilon_greedy")
 TEMPLATE_LIFETIMES = ("retire", "round")
 
@@ -61,18 +59,12 @@ def _check(cond: bool, field_name: str, allowed: str, value: Any) -> None:
         raise ConfigError(f"{field_name}: must be {allowed} (got {value!r})")
 
 
-def _cuda_available() -> bool:
-    try:
-        import torch
-
-        return torch.cuda.is_available()
-    except Exception:  # torch import problems are reported where torch is really needed
-        return False
-
-
 def check_reflection(value: str, field_name: str = "reflection") -> None:
-    ok = value in ("self", "initial", "toy-teacher") or (value.startswith("teacher:") and len(value) > 8)
-    _check(ok, field_name, "one of " + ", ".join(REFLECTION_CHOICES), value)
+    from p2o.plugins import list_reflectors
+
+    registered = list_reflectors()
+    ok = value in ("self", "initial", *registered) or (value.startswith("teacher:") and len(value) > 8)
+    _check(ok, field_name, "one of " + ", ".join((*REFLECTION_CHOICES, *registered)), value)
 
 
 # ---------------------------------------------------------------- field types
@@ -292,7 +284,7 @@ class P2OConfig(GRPOConfig):
         metadata={
             "help": "Reflection model: 'teacher:<litellm model>' (Teacher-Ref; keys from the environment), "
             "'self' (the live policy), 'initial' (the frozen initial policy: the paper's Self-Ref), "
-            "'toy-teacher' (the toy world's scripted teacher)."
+            "or a name a plug-in registers (p2o.plugins.register_reflector)."
         },
     )
     reflection_temperature: float = field(default=1.0, metadata={"help": "Reflection model temperature."})
@@ -452,7 +444,7 @@ class P2OConfig(GRPOConfig):
 
     def __post_init__(self) -> None:
         check_field_types(self)
-        if not _cuda_available():
+        if not cuda_available():
             # CPU-safe settings instead of failing on a machine without a GPU.
             self.use_cpu = True
             self.bf16 = False

@@ -7,14 +7,6 @@
 `p2o eval` is the command-line front of `evaluate`; both write the same files with an output folder.
 """
 
-from p2o.evaluation.benchmarks import (
-    GROUPS,
-    PAPER_BENCHMARKS,
-    Benchmark,
-    BenchmarkError,
-    list_benchmarks,
-    load_benchmark,
-)
 from p2o.evaluation.generation import (
     Generation,
     GenerationError,
@@ -25,6 +17,14 @@ from p2o.evaluation.generation import (
 )
 from p2o.evaluation.metrics import avg_at_n, default_ks, mean_pass_at_k, pass_at_k
 from p2o.evaluation.runner import BenchmarkResult, EvalReport, evaluate
+from p2o.tasks.benchmarks import (
+    GROUPS,
+    PAPER_BENCHMARKS,
+    Benchmark,
+    BenchmarkError,
+    list_benchmarks,
+    load_benchmark,
+)
 
 __all__ = [
     "GROUPS",

@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from p2o.evaluation.benchmarks import GROUPS, BenchmarkError, list_benchmarks, load_benchmark
+from p2o.tasks.benchmarks import BenchmarkError, benchmark_groups, list_benchmarks, load_benchmark
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,12 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="PATH",
         help="Checkpoint directory or hub id; repeat for several. NAME=PATH names it in the report. With "
-        "--server: the served model name. Omitted: the benchmarks' task default (the toy world's policy).",
+        "--server: the served model name. Omitted: the benchmarks' task default (a task that builds its own policy).",
     )
     p.add_argument(
         "--benchmarks",
         default=None,
-        help=f"Comma-separated names or YAML paths; groups: {', '.join(GROUPS)}. See --list.",
+        help=f"Comma-separated names or YAML paths; groups: {', '.join(benchmark_groups())}. See --list.",
     )
     p.add_argument("--list", action="store_true", help="List the benchmarks found and exit.")
     p.add_argument("--n", type=int, default=None, help="Completions per problem (default: each benchmark's).")
@@ -180,7 +180,7 @@ def _fail(msg: str) -> int:
 
 def _default_model(benchmarks: list[str]) -> str | None:
     """The task's own policy when every benchmark's task has one (the toy world), else None."""
-    from p2o.evaluation.benchmarks import expand_names
+    from p2o.tasks.benchmarks import expand_names
 
     found: set[str] = set()
     for name in expand_names(benchmarks):
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name:16s} {b.description or ''}")
             except BenchmarkError as e:
                 print(f"{name:16s} (invalid: {e})")
-        for group, members in GROUPS.items():
+        for group, members in benchmark_groups().items():
             print(f"{group:16s} group: {', '.join(members)}")
         return 0
     if not args.benchmarks:

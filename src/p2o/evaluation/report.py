@@ -8,11 +8,11 @@ DIR/accuracy.png          grouped bars, one group per benchmark (two or more mod
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from p2o.evaluation.benchmarks import PAPER_BENCHMARKS
+from p2o.files import write_json_atomic
+from p2o.tasks.benchmarks import PAPER_BENCHMARKS
 
 SUMMARY_JSON = "summary.json"
 SUMMARY_MD = "summary.md"
@@ -117,9 +117,7 @@ def write_report(report: Any, out_dir: str | Path, *, final: bool = True) -> dic
     data = report.to_dict()
     data["complete"] = final
     files = {"summary.json": out / SUMMARY_JSON, "summary.md": out / SUMMARY_MD}
-    tmp = files["summary.json"].with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str))
-    tmp.replace(files["summary.json"])
+    write_json_atomic(files["summary.json"], data)
     files["summary.md"].write_text(summary_markdown(report), encoding="utf-8")
     if final and len(report.models) >= 2:
         chart = plot_accuracy(report, out / CHART)

@@ -24,13 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from p2o.evaluation.benchmarks import (
-    PAPER_BENCHMARKS,
-    Benchmark,
-    BenchmarkError,
-    expand_names,
-    load_benchmark,
-)
+from p2o.devices import cuda_available
 from p2o.evaluation.generation import (
     GenerationError,
     Generator,
@@ -40,7 +34,15 @@ from p2o.evaluation.generation import (
     vllm_available,
 )
 from p2o.evaluation.metrics import avg_at_n, mean_pass_at_k, parse_ks
+from p2o.files import write_jsonl_atomic
 from p2o.tasks.base import Sample, Task, Verdict
+from p2o.tasks.benchmarks import (
+    PAPER_BENCHMARKS,
+    Benchmark,
+    BenchmarkError,
+    expand_names,
+    load_benchmark,
+)
 
 if TYPE_CHECKING:
     from p2o.templates.programs import TemplateProgram
@@ -185,18 +187,9 @@ def open_generator(
     if server:
         kind = "transformers" if backend == "transformers" else "vllm"
         return ServerGenerator(server, path, label=label, kind=kind, api_key=api_key, num_threads=num_threads)
-    if backend == "vllm" or (backend == "auto" and vllm_available() and _cuda()):
+    if backend == "vllm" or (backend == "auto" and vllm_available() and cuda_available()):
         return VLLMGenerator(path, label=label, seed=seed, **(vllm_kwargs or {}))
     return TransformersGenerator.from_pretrained(path, label=label, batch_size=batch_size)
-
-
-def _cuda() -> bool:
-    try:
-        import torch
-
-        return torch.cuda.is_available()
-    except ImportError:
-        return False
 
 
 # ---------------------------------------------------------------- evaluate
@@ -534,14 +527,7 @@ def _score(
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    import json
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".jsonl.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(path)
+    write_jsonl_atomic(path, rows)
 
 
 class _NoBar:

@@ -1,4 +1,4 @@
-"""Template assignment from the candidate × dev-sample score matrix (DESIGN.md step 5).
+"""Template assignment from the candidate × dev-sample score matrix (docs/design.md, step 5).
 
 1. A template *solves* a dev sample when its score there is above `solved_threshold` (default 0: at
    least one of its rollouts succeeded — enough for the group to carry a learning signal).

@@ -8,12 +8,13 @@ K = `num_generations` rollouts of each training sample at `temperature`, hard wh
 (`gepa_max_metric_calls`). Outputs go to `output_dir` (see `p2o.evolve.phase`); running again on the
 same directory resumes.
 
-For the toy world, a `model_name_or_path` that does not exist yet (or none) is built first with
-`p2o.toy.ensure_toy_model` (a cached build is reused).
+For a task that builds its own policy (`Task.default_model`, the toy world's), a `model_name_or_path`
+that does not exist yet (or none) is built first (a cached build is reused).
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from p2o.cliutil import report_errors
+from p2o.files import write_jsonl_atomic
 
 
 @dataclass
@@ -32,7 +34,10 @@ class EvolveArguments:
         metadata={"help": "reflection=initial: the frozen initial checkpoint; default model_name_or_path."},
     )
     toy_seed: int = field(
-        default=0, metadata={"help": "task=toy and the model is not built yet: the seed to build it with."}
+        default=0,
+        metadata={
+            "help": "A task that builds its own policy (toy), not built yet: the seed to build it with."
+        },
     )
 
 
@@ -40,13 +45,16 @@ def _say(msg: str) -> None:
     print(f"p2o evolve: {msg}", file=sys.stderr, flush=True)
 
 
-def _model_path(script_args: Any, evolve_args: EvolveArguments) -> str:
+def _model_path(script_args: Any, evolve_args: EvolveArguments, task: Any) -> str:
     path = script_args.model_name_or_path
-    if script_args.task == "toy" and (path is None or not Path(path).exists()):
-        from p2o.toy import ensure_toy_model
-
-        _say(f"building the toy model ({path or 'cache'}; reused when already built) ...")
-        return str(ensure_toy_model(seed=evolve_args.toy_seed, output=path))
+    build = task.default_model
+    # A task's builder takes what it can of: where to build (`output`) and the `seed` to build with;
+    # a folder named but not there yet is built only by a builder that can build into it.
+    accepted = inspect.signature(build).parameters if build is not None else {}
+    if build is not None and (path is None or (not Path(path).exists() and "output" in accepted)):
+        options = {"output": path, "seed": evolve_args.toy_seed}
+        _say(f"building the task's policy ({path or 'cache'}; reused when already built) ...")
+        return str(build(**{k: v for k, v in options.items() if k in accepted}))
     if path:
         return path
     from p2o.config import ConfigError
@@ -121,12 +129,17 @@ def _mine(pool: list[Any], config: Any, task: Any, policy: Any, out: Path) -> li
             on_sample=bar.update,
         )
     mined_path = out / "hard_samples.jsonl"
-    tmp = mined_path.with_suffix(".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for m in hard:
-            row = {"sample_id": m.sample.sample_id, "problem": m.sample.problem, "answer": m.sample.answer}
-            f.write(json.dumps({**row, "successes": m.successes, "k": m.k}) + "\n")
-    tmp.replace(mined_path)
+    rows = (
+        {
+            "sample_id": m.sample.sample_id,
+            "problem": m.sample.problem,
+            "answer": m.sample.answer,
+            "successes": m.successes,
+            "k": m.k,
+        }
+        for m in hard
+    )
+    write_jsonl_atomic(mined_path, rows)
     _say(
         f"{len(hard)} of {len(mined)} samples are hard (<= {config.hard_max_successes} of {k} succeed): {mined_path}"
     )
@@ -178,7 +191,7 @@ def run(argv: list[str]) -> int:
         print(json.dumps(plan, indent=2))
         return 0
 
-    model = _model_path(script_args, evolve_args)
+    model = _model_path(script_args, evolve_args, task)
     out.mkdir(parents=True, exist_ok=True)
     pool = _pool(script_args, task)
     hard = _read_hard_samples(script_args, pool, out)

@@ -1,6 +1,6 @@
 """One prompt-evolution phase: GEPA against the live policy, then template assignment.
 
-DESIGN.md steps 3–5, top to bottom:
+docs/design.md steps 3–5, top to bottom:
 
 1. Split the hard samples into dev (min(`dev_max_size`, n // 2), as the authors do) and train,
    seeded.
@@ -41,7 +41,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import random
 import sys
 import threading
@@ -54,6 +53,7 @@ from p2o.evolve.adapter import EvaluationStore, PolicyTemplateAdapter, template_
 from p2o.evolve.assign import assign_templates, greedy_set_cover, mean_scores, solved_sets
 from p2o.evolve.proposals import REJECTION_REASONS
 from p2o.evolve.reflection import ReflectionError, Reflector, as_reflector, reflector_from_config
+from p2o.files import atomic_path, write_json_atomic
 from p2o.policy import PolicyServerError, RemotePolicy
 from p2o.tasks.base import Sample, Task
 from p2o.templates.meta_prompts import load_meta_prompt
@@ -76,18 +76,8 @@ class PhaseResult:
     templates: dict[str, str]
     assignments: dict[str, list[str]]
     stats: dict[str, Any]
-    score_matrix: dict[str, dict[str, float]] = field(default_factory=dict)
     cover: list[str] = field(default_factory=list)
     dev_ids: list[str] = field(default_factory=list)
-    train_ids: list[str] = field(default_factory=list)
-    output_dir: Path | None = None
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON to a temporary file next to `path`, then rename it over `path`."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def split_hard_samples(
@@ -482,10 +472,9 @@ def _plot_progress(templates: list[dict[str, Any]], n_dev: int, stats: dict[str,
     ax.set_title(f"{len(templates)} candidates, {stats['reflection_calls']} reflection calls")
     ax.legend(loc="lower right")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def _dev_matrix(result: Any, program: TemplateProgram, dev: list[Sample]):
@@ -538,9 +527,8 @@ def _save_programs(
             "dev_solved": t["dev_solved"],
             "in_cover": t["in_cover"],
         }
-        tmp = folder / f".{name}.{os.getpid()}.tmp.json"
-        program.save_evolved(tmp, instruction, **info)
-        os.replace(tmp, folder / f"{name}.json")
+        with atomic_path(folder / f"{name}.json") as tmp:
+            program.save_evolved(tmp, instruction, **info)
 
 
 def _finalize(
@@ -655,9 +643,6 @@ def _finalize(
         templates=dict(zip(ids, texts, strict=True)),
         assignments=assignments,
         stats=stats,
-        score_matrix=matrix,
         cover=cover,
         dev_ids=dev_ids,
-        train_ids=[s.sample_id for s in train],
-        output_dir=output_dir,
     )

@@ -7,7 +7,7 @@
   anywhere and never logs request arguments.
 - `self` — the live policy, on the phase's policy server.
 - `initial` — the frozen initial checkpoint on its own server (what the paper's Self-Ref used).
-- `toy-teacher` — the toy world's scripted teacher (`p2o.toy.teacher`).
+- any name a plug-in registers with `p2o.plugins.register_reflector` (a scripted teacher, your own model).
 
 A reflector is a callable `prompt -> ReflectionReply`; `as_reflector` wraps any `prompt -> str`
 callable (scripted reflectors in tests, your own model).
@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from p2o.plugins import list_reflectors, reflector_factory
 from p2o.policy import PolicyClient, PolicyServer
 
 
@@ -73,7 +74,7 @@ PREFLIGHT_PROMPT = "Reply with the single word OK."
 
 
 class CallableReflector(Reflector):
-    """Wraps a `prompt -> str | ReflectionReply` callable (the toy teacher, a scripted test double)."""
+    """Wraps a `prompt -> str | ReflectionReply` callable (a scripted teacher or test double)."""
 
     def __init__(self, fn: Callable[[str], Any], name: str | None = None):
         self.fn = fn
@@ -342,15 +343,6 @@ def as_reflector(obj: Any, name: str | None = None) -> Reflector:
     raise TypeError(f"a reflection model must be callable (prompt -> str), got {type(obj).__name__}")
 
 
-def toy_teacher(seed: int = 0) -> Reflector:
-    """The toy world's scripted teacher (`p2o.toy.teacher.make_toy_teacher`), its choices seeded."""
-    try:
-        from p2o.toy.teacher import make_toy_teacher
-    except ModuleNotFoundError as e:
-        raise ReflectionError("reflection 'toy-teacher' needs the toy world (p2o.toy.teacher)") from e
-    return CallableReflector(make_toy_teacher(seed=seed), "toy-teacher")
-
-
 def make_reflector(
     spec: str,
     *,
@@ -391,8 +383,6 @@ def make_reflector(
         )
         teacher.check_environment()
         return teacher
-    if spec == "toy-teacher":
-        return toy_teacher(seed)
     if spec == "self":
         if policy is None:
             raise ReflectionError("reflection 'self' needs the live policy server")
@@ -433,8 +423,13 @@ def make_reflector(
             max_tokens=max_tokens,
             server=launched,
         )
+    factory = reflector_factory(spec)
+    if factory is not None:
+        return as_reflector(factory(seed=seed, temperature=temperature, max_tokens=max_tokens), spec)
+    registered = ", ".join(list_reflectors()) or "none"
     raise ReflectionError(
-        f"unknown reflection model {spec!r}: use teacher:<litellm model>, self, initial, toy-teacher"
+        f"unknown reflection model {spec!r}: use teacher:<litellm model>, self, initial, or a registered "
+        f"one (registered: {registered}; p2o.plugins.register_reflector adds one)"
     )
 
 

@@ -17,7 +17,14 @@ from p2o.policy.client import (
     PolicyRequestError,
     PolicyServerError,
 )
-from p2o.policy.server import Policy, PolicyServer, RemotePolicy, free_port, resolve_checkpoint
+from p2o.policy.server import (
+    Policy,
+    PolicyServer,
+    RemotePolicy,
+    free_port,
+    resolve_checkpoint,
+    vllm_server_url,
+)
 
 
 def open_policy(config, checkpoint: str | Path, log_dir: str | Path, *, log_name: str = "policy_server.log"):
@@ -37,8 +44,7 @@ def open_policy(config, checkpoint: str | Path, log_dir: str | Path, *, log_name
         and getattr(config, "use_vllm", False)
         and getattr(config, "vllm_mode", "") == "server"
     ):
-        url = config.vllm_server_base_url or f"http://{config.vllm_server_host}:{config.vllm_server_port}"
-        return RemotePolicy(url, str(checkpoint))
+        return RemotePolicy(vllm_server_url(config), str(checkpoint))
     backend = "vllm" if server == "vllm" else "transformers"
     return PolicyServer(
         checkpoint,
@@ -63,4 +69,5 @@ __all__ = [
     "free_port",
     "open_policy",
     "resolve_checkpoint",
+    "vllm_server_url",
 ]

@@ -9,7 +9,7 @@
   the contract: the server memory-maps safetensors, so a checkpoint overwritten in place could be
   read half old, half new — save each phase's weights to a fresh directory.
 - `PolicyServer(backend="vllm")` — launches `vllm serve <checkpoint>` with the weight-transfer flags
-  TRL's server mode uses (DESIGN.md); `use_checkpoint` restarts it on the new directory.
+  TRL's server mode uses (docs/design.md); `use_checkpoint` restarts it on the new directory.
 - `RemotePolicy(url, model_name)` — a server someone else runs (TRL's `vllm serve` whose weights the
   trainer pushes before each phase): p2o only talks to it.
 
@@ -79,6 +79,13 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def vllm_server_url(args: Any) -> str:
+    """The root URL of TRL's vLLM server (`trl vllm-serve`) as a `GRPOConfig` names it: its
+    `vllm_server_base_url`, else `http://<vllm_server_host>:<vllm_server_port>`."""
+    base = getattr(args, "vllm_server_base_url", None)
+    return (base or f"http://{args.vllm_server_host}:{args.vllm_server_port}").rstrip("/")
 
 
 def _root(url: str) -> str:
@@ -230,21 +237,13 @@ class PolicyServer:
                 cmd.append("--continuous-batching")
         else:
             assert model is not None
-            cmd = [
-                "vllm",
-                "serve",
-                model,
-                "--host",
-                self.host,
-                "--port",
-                str(self.port),
-                "--served-model-name",
-                model,
-                "--weight-transfer-config",
-                '{"backend":"nccl"}',
-                "--logprobs-mode",
-                "processed_logprobs",
-            ]
+            # TRL's own builder, so the server has every flag TRL's weight sync and log-probs rely on
+            # (weight transfer, processed log-probs, ...), as TRL's version at hand adds them.
+            from trl.scripts.vllm_serve import ScriptArguments, build_command
+
+            cmd = build_command(
+                ScriptArguments(model=model, host=self.host, port=self.port), ["--served-model-name", model]
+            )
         return cmd + self.extra_args
 
     def start(self) -> PolicyServer:

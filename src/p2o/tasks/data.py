@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from p2o.errors import DataError
 from p2o.tasks.base import Sample, Task
 
 PROBLEM_FIELDS = ("problem", "question", "prompt")
@@ -32,10 +33,6 @@ LOCAL_SUFFIXES = (".json", ".jsonl", ".parquet")
 # A problem longer than this is almost surely a broken row (a whole document in one field); a
 # prompt that long would also exhaust a GPU's memory on the first step. 0 or None: no limit.
 DEFAULT_MAX_PROBLEM_CHARS = 20_000
-
-
-class DataError(ValueError):
-    """A dataset problem; the message names the source, row and field, and what to do."""
 
 
 @dataclass

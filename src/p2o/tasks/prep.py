@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from p2o.files import write_jsonl_atomic
 from p2o.tasks.base import Sample
 from p2o.tasks.data import DataError, LoadResult, load_samples
 
@@ -182,14 +183,11 @@ def _short_meta(meta: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_samples(path: Path, samples: Sequence[Sample]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for s in samples:
-            row = {"sample_id": s.sample_id, "problem": s.problem, "answer": s.answer, **_short_meta(s.meta)}
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(path)
-    return path
+    rows = (
+        {"sample_id": s.sample_id, "problem": s.problem, "answer": s.answer, **_short_meta(s.meta)}
+        for s in samples
+    )
+    return write_jsonl_atomic(path, rows)
 
 
 def size_label(n: int) -> str:
@@ -322,7 +320,7 @@ def prepare_eval(
     benchmarks: str = "paper", output: str | Path = "data/eval", *, data_dir: str | Path | None = None
 ) -> dict[str, Any]:
     """Copy benchmarks' problems to `output/<name>.jsonl` (for `p2o eval --data-dir`)."""
-    from p2o.evaluation.benchmarks import BenchmarkError, expand_names, load_benchmark
+    from p2o.tasks.benchmarks import BenchmarkError, expand_names, load_benchmark
 
     out = Path(output)
     record: dict[str, Any] = {"files": {}, "errors": {}}

@@ -7,20 +7,18 @@ import importlib
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from p2o.errors import RegistryError
+from p2o.plugins import load_plugins
 from p2o.tasks.base import Task, Verifier
 
 T = TypeVar("T")
 
 
-class RegistryError(ValueError):
-    """A task or verifier that cannot be found: an unknown name, or a dotted path whose module or
-    attribute does not exist. The message names it and what is known."""
-
-
 _VERIFIERS: dict[str, Callable[..., Verifier]] = {}
 _TASKS: dict[str, Callable[..., Task]] = {}
 # Modules that register built-ins when imported; imported lazily so `import p2o.tasks` stays light.
-_BUILTIN_MODULES = ("p2o.tasks.math", "p2o.toy.task")
+# Plug-ins (the toy world, a user's package) register theirs through `p2o.plugins`.
+_BUILTIN_MODULES = ("p2o.tasks.math",)
 
 
 def register_verifier(name: str) -> Callable[[Callable[..., Verifier]], Callable[..., Verifier]]:
@@ -44,6 +42,7 @@ def register_task(name: str) -> Callable[[Callable[..., Task]], Callable[..., Ta
 
 
 def _load_builtins() -> None:
+    load_plugins()
     for mod in _BUILTIN_MODULES:
         try:
             importlib.import_module(mod)
@@ -117,12 +116,12 @@ def _looks_like_verifier(obj: Any) -> bool:
 
 
 def get_verifier(name_or_path: str, **kwargs: Any) -> Verifier:
-    """A verifier by registry name (`math`, `toy`, ...) or dotted path (`my_pkg.mod:fn`)."""
+    """A verifier by registry name (`math`, a plug-in's, ...) or dotted path (`my_pkg.mod:fn`)."""
     return _resolve("verifier", _VERIFIERS, name_or_path, kwargs)
 
 
 def get_task(name_or_path: str, **kwargs: Any) -> Task:
-    """A task by registry name (`math`, `toy`, ...) or dotted path to a `Task` or task factory."""
+    """A task by registry name (`math`, a plug-in's, ...) or dotted path to a `Task` or task factory."""
     return _resolve("task", _TASKS, name_or_path, kwargs)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from p2o.templates.render import render_augmented, strip_template
+from p2o.templates.render import render_augmented
 
 _LAZY = {
     "MetaPrompt": "p2o.templates.meta_prompts",
@@ -36,4 +36,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'p2o.templates' has no attribute {name!r}")
 
 
-__all__ = ["render_augmented", "strip_template", *_LAZY]
+__all__ = ["render_augmented", *_LAZY]

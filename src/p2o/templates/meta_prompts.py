@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from p2o.config import ConfigError
-from p2o.templates.programs import programs_dirs
+from p2o.errors import ConfigError
+from p2o.resources import search_dirs
 
 PLACEHOLDERS = ("<curr_param>", "<side_info>")
 SUFFIXES = (".md", ".txt")
@@ -42,7 +42,7 @@ class MetaPrompt:
 
 
 def meta_prompt_dirs() -> list[Path]:
-    return [d / "meta_prompts" for d in programs_dirs()]
+    return [d / "meta_prompts" for d in search_dirs("programs")]
 
 
 def list_meta_prompts() -> list[str]:

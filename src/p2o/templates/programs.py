@@ -36,14 +36,14 @@ import importlib.util
 import json
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import dspy
 from dspy.signatures.signature import _default_instructions
 
-from p2o.config import ConfigError
+from p2o.errors import ConfigError
 from p2o.resources import list_names, search_dirs
 from p2o.tasks.base import Messages, PromptBuilder
 from p2o.templates.render import render_augmented
@@ -52,12 +52,6 @@ from p2o.templates.render import render_augmented
 class ProgramError(ConfigError):
     """A template program that cannot be found or does not have the expected shape (the `program`
     setting is at fault, so it is a `ConfigError`)."""
-
-
-def programs_dirs() -> list[Path]:
-    """Where program names are looked up, in order: $P2O_PROGRAMS_DIR, ./programs, the packaged ones
-    (`p2o.resources`)."""
-    return search_dirs("programs")
 
 
 # DSPy's placeholder instruction for a signature without one: "Given the fields `a`, `b`, produce the
@@ -153,7 +147,6 @@ class TemplateProgram:
     seed: str
     seed_name: str
     source: str
-    seeds: dict[str, str] = field(default_factory=dict)
     description: str = ""
 
     @property
@@ -255,12 +248,12 @@ def _resolve(spec: str) -> tuple[Any, str, str]:
             return import_object(spec), "", spec
         except ValueError as e:
             raise ProgramError(f"template program {spec!r}: {e}") from e
-    for d in programs_dirs():
+    for d in search_dirs("programs"):
         path = d / f"{spec}.py"
         if path.exists():
             return _load_file(path), "", str(path)
     raise ProgramError(
-        f"unknown template program {spec!r}: no {spec}.py in {', '.join(str(d) for d in programs_dirs())}. "
+        f"unknown template program {spec!r}: no {spec}.py in {', '.join(str(d) for d in search_dirs('programs'))}. "
         f"Known: {', '.join(list_programs()) or '(none)'}; or give a .py path or a dotted path 'pkg.mod:Program'."
     )
 
@@ -322,7 +315,6 @@ def load_program(spec: str) -> TemplateProgram:
         seed=seed,
         seed_name=seed_name,
         source=source,
-        seeds=seeds,
         description=description,
     )
 

@@ -29,19 +29,3 @@ def render_augmented(messages: Messages, template: str | None) -> Messages:
             msg["content"] = template.strip() + SEPARATOR + str(msg.get("content", ""))
             return out
     raise ValueError("cannot render a template: the prompt has no user message")
-
-
-def strip_template(messages: Messages, template: str | None) -> Messages:
-    """The inverse of `render_augmented`: x from x̃ (raises if x̃ was not rendered from `template`)."""
-    out = copy.deepcopy(list(messages))
-    if not template or not template.strip():
-        return out
-    prefix = template.strip() + SEPARATOR
-    for msg in reversed(out):
-        if msg.get("role") == "user":
-            content = str(msg.get("content", ""))
-            if not content.startswith(prefix):
-                raise ValueError("the user message does not start with the given template")
-            msg["content"] = content[len(prefix) :]
-            return out
-    raise ValueError("the prompt has no user message")

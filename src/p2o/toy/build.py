@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from p2o.errors import UserError
 from p2o.toy import world as W
 from p2o.toy.measure import measure, prompt_text
 from p2o.toy.model import IM_END, ModelSize, build_model, build_tokenizer
@@ -555,7 +556,7 @@ def _locked(path: Path):
 LEARNED_MIN = 0.9
 
 
-class ToyBuildError(ValueError):
+class ToyBuildError(UserError, ValueError):
     """A toy build whose policy did not learn its world (the message says which figure and what to do)."""
 
 

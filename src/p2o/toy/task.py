@@ -129,7 +129,7 @@ def make_toy_task(
         ),
         splits=partial(toy_splits, world, n_train=n_train, n_test=n_test, hard_fraction=hard_fraction),
         default_model=partial(
-            _default_model, seed, digits=digits, n_easy=n_easy, n_hard=n_hard, n_unknown=n_unknown
+            _default_model, seed=seed, digits=digits, n_easy=n_easy, n_hard=n_hard, n_unknown=n_unknown
         ),
         group_of=partial(operator_group, world),
     )
@@ -143,10 +143,13 @@ def operator_group(world: W.ToyWorld, sample: Sample) -> str:
     return f"{world.kind_of(op)} {op} {world.operators[op]}"
 
 
-def _default_model(seed: int, **world: int) -> str:
-    """The cached toy build of world `seed` (built on first use, ~3 min; then reused in seconds)."""
+def _default_model(seed: int, output: str | None = None, **world: int) -> str:
+    """The toy build of world `seed` in `output` (None: the cache); built on first use, ~3 min, then
+    reused in seconds."""
     from p2o.toy.build import ensure_toy_model
 
     defaults = {"digits": W.DIGITS, "n_easy": W.N_EASY, "n_hard": W.N_HARD, "n_unknown": W.N_UNKNOWN}
     overrides = {k: v for k, v in world.items() if v != defaults[k]}
+    if output is not None:
+        overrides["output"] = output
     return str(ensure_toy_model(seed=seed, **overrides))

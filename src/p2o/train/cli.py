@@ -119,7 +119,9 @@ def plan(script_args: P2OScriptArguments, config: P2OConfig) -> dict[str, Any]:
         n_phases = f"end of each of {math.ceil(config.num_train_epochs)} epochs"
     if phases and config.max_phases is not None:
         n_phases += f", at most {config.max_phases}"
-    vllm_url = config.vllm_server_base_url or f"http://{config.vllm_server_host}:{config.vllm_server_port}"
+    from p2o.policy import vllm_server_url
+
+    vllm_url = vllm_server_url(config)
     servers = []
     if config.use_vllm and config.vllm_mode == "server":
         servers.append(f"vLLM at {vllm_url}: start it first (trl vllm-serve --model <model>)")
@@ -341,7 +343,7 @@ def write_summary(
         "timings": trainer.timings(),
         "final_model": str(final) if final else None,
     }
-    from p2o.train.trainer import write_json_atomic
+    from p2o.files import write_json_atomic
 
     write_json_atomic(Path(trainer.args.output_dir) / "train_summary.json", summary)
     return summary

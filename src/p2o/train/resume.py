@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from p2o.files import write_text_atomic
+
 CHECKPOINT_STATE_FILE = "p2o_trainer_state.json"
 TRAINER_STATE_FILE = "trainer_state.json"  # transformers' TRAINER_STATE_NAME, written last
 WEIGHT_FILES = (
@@ -133,9 +135,7 @@ def trim_jsonl(path: Path, keep) -> int:
         else:
             kept.append(line)
     if dropped:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(x + "\n" for x in kept), encoding="utf-8")
-        tmp.replace(path)
+        write_text_atomic(path, "".join(x + "\n" for x in kept))
     return dropped
 
 

@@ -51,6 +51,8 @@ from trl import GRPOTrainer
 from trl.trainer.utils import RepeatSampler, pad
 
 from p2o.config import P2OConfig
+from p2o.files import write_json_atomic
+from p2o.policy import vllm_server_url
 from p2o.tasks.base import Sample, Task
 from p2o.templates import render_augmented
 from p2o.train.hard import HardSampleTracker
@@ -64,16 +66,6 @@ SAMPLE_LOG_LIMIT = 400  # rows per round in rounds/round-NNN/samples.jsonl
 
 def _say(message: str) -> None:
     print(f"p2o: {message}", file=sys.stderr, flush=True)
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with tmp.open("w") as f:
-        json.dump(data, f, indent=2, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -508,11 +500,8 @@ class P2OTrainer(GRPOTrainer):
         if self.use_vllm and self.args.vllm_mode == "server":
             self.vllm_generation.sync_weights()
             self._last_loaded_step = self.state.global_step
-            base = (
-                self.args.vllm_server_base_url
-                or f"http://{self.args.vllm_server_host}:{self.args.vllm_server_port}"
-            )
-            return PolicyHandle(url=base.rstrip("/") + "/v1", model_name=str(self.model.config._name_or_path))
+            url = vllm_server_url(self.args) + "/v1"
+            return PolicyHandle(url=url, model_name=str(self.model.config._name_or_path))
         ckpt = round_dir / "policy"
         if self.accelerator.is_main_process:
             self.merged_policy().save_pretrained(ckpt, safe_serialization=True)
