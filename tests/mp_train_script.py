@@ -61,6 +61,7 @@ def main(
         learning_rate=1e-3,
         max_steps=4,
         phase_every_steps=2,
+        phase_after_last_step=True,
         min_hard_samples=1,
         hard_max_successes=1,
         save_strategy="no",

@@ -241,7 +241,18 @@ def test_killed_mid_phase_mid_checkpoint_and_mid_step_resumes_to_the_uninterrupt
 def test_a_policy_server_killed_mid_phase_is_relaunched_for_the_retry_and_later_rounds(recipe, tmp_path):
     out = tmp_path / "run"
     evals = out / "rounds/round-001/evolve/gepa/evaluations.jsonl"
-    proc = start(recipe, out, "--max_steps", "4", "--max_phases", "2", "--save_strategy", "no")
+    proc = start(
+        recipe,
+        out,
+        "--max_steps",
+        "4",
+        "--max_phases",
+        "2",
+        "--phase_after_last_step",
+        "true",
+        "--save_strategy",
+        "no",
+    )
     wait_for(proc, lambda: lines(evals) >= 4, "evaluations stored by round 1's phase")
     servers = [pid for pid in _descendants(proc.pid) if b"serve" in _cmdline(pid)]
     assert servers, "the run should have a policy server by now"

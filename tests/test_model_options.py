@@ -58,7 +58,7 @@ def test_lora_training_keeps_p2o_and_serves_merged_weights(tiny_model, tmp_path)
     task = tiny_task()
     cfg = P2OConfig(
         output_dir=str(tmp_path / "out"), per_device_train_batch_size=6, num_generations=3,
-        max_completion_length=4, learning_rate=1e-2, max_steps=4, phase_every_steps=2, min_hard_samples=1,
+        max_completion_length=4, learning_rate=1e-2, max_steps=4, phase_every_steps=2, min_hard_samples=1, phase_after_last_step=True,
         save_strategy="no", report_to="none", disable_tqdm=True, seed=0,
     )  # fmt: skip
     tr = P2OTrainer(

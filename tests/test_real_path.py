@@ -217,6 +217,7 @@ def trainer(tiny_model, tmp_path, phase_runner=None, **kw) -> P2OTrainer:
         max_completion_length=4,
         max_steps=4,
         phase_every_steps=2,
+        phase_after_last_step=True,
         min_hard_samples=1,
         save_strategy="no",
         report_to="none",

@@ -77,6 +77,7 @@ def train_tiny(tiny_model: Path, out: Path, **kw):
         learning_rate=1e-3,
         max_steps=4,
         phase_every_steps=2,
+        phase_after_last_step=True,
         logging_steps=1,
         save_strategy="no",
         seed=0,

@@ -37,6 +37,7 @@ def make_config(tmp_path: Path, **kw) -> P2OConfig:
         min_hard_samples=1,
         hard_max_successes=1,
         disable_tqdm=True,
+        phase_after_last_step=True,  # short runs: a phase at the last step too
     )
     base.update(kw)
     return P2OConfig(**base)
@@ -331,6 +332,7 @@ def test_real_phase_through_transformers_serve(tiny_model, tmp_path):
             gepa_num_threads=2,
             max_completion_length=3,
             policy_server_timeout=120,
+            phase_after_last_step=True,
         ),
         train_dataset=to_dataset(task, tiny_samples()),
         reflection_lm=scripted_reflection,
@@ -387,6 +389,9 @@ def test_split_generation_keeps_each_completion_with_its_prompt():
         def _generate_single_turn(self, prompt_ids, images, mm, n):
             self.calls.append(len(prompt_ids))
             return [[p[0], 7] for p in prompt_ids], [[-float(p[0])] for p in prompt_ids]
+
+        def _add_seconds(self, what, seconds):
+            pass
 
     fake = Fake()
     prompts = [[10, 1], [11], [12, 1, 1], [13], [14, 1]]

@@ -14,7 +14,7 @@ P²O fields, by group:
 hard_max_successes, min_hard_samples
 
 > Phase schedule
-phase_every_steps, max_phases
+phase_every_steps, max_phases, phase_after_last_step
 
 > Prompt evolution (GEPA)
 program, dev_max_size, gepa_max_metric_calls, gepa_reflection_minibatch_size,
@@ -231,6 +231,13 @@ class P2OConfig(GRPOConfig):
         metadata={"help": "Run a phase every N optimizer steps; None = at the end of each epoch."},
     )
     max_phases: int | None = field(default=None, metadata={"help": "Stop running phases after this many."})
+    phase_after_last_step: bool = field(
+        default=False,
+        metadata={
+            "help": "Run a phase when the last step (or epoch) ends too. Off, as the authors run it: no "
+            "rollout would use its templates; on, its templates are still saved for export and eval."
+        },
+    )
 
     # ---- prompt evolution (GEPA) ----
     program: str = field(

@@ -56,6 +56,7 @@ def sizes(config: dict[str, Any], steps: int, processes: int = 1) -> list[str]:
         out.update(
             {
                 "phase_every_steps": 2,
+                "phase_after_last_step": True,  # a short run: two rounds in 4 steps
                 "min_hard_samples": 4,
                 "gepa_max_metric_calls": 12,
                 "reflection_max_tokens": 64,

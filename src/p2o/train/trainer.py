@@ -1015,10 +1015,11 @@ class PhaseCallback(TrainerCallback):
             control.should_save = True
         return control
 
-    @staticmethod
-    def _useful(state) -> bool:
-        """No phase after the last step: its templates would never be used (as the authors run it)."""
-        return not state.max_steps or state.global_step < state.max_steps
+    def _useful(self, state) -> bool:
+        """No phase after the last step unless `phase_after_last_step`: no rollout would use its
+        templates (the authors run none)."""
+        last = bool(state.max_steps) and state.global_step >= state.max_steps
+        return not last or self.trainer.args.phase_after_last_step
 
     def _run(self, state) -> bool:
         done = {r["global_step"] for r in self.trainer.rounds}
