@@ -34,6 +34,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
+from p2o.files import write_json_atomic
+
 METHODS: dict[str, dict[str, Any]] = {
     "grpo": {"max_phases": 0},
     "grpo_2k": {"max_phases": 0, "k_factor": 2},
@@ -341,18 +343,12 @@ def run_world(
             console.line()
         results["methods"][name] = row
         results["steps"] = row["steps"]
-        write_json(out / "results.json", results)  # after each method: a crash keeps them
+        write_json_atomic(out / "results.json", results)  # after each method: a crash keeps them
     results["wall_seconds"] = round(time.perf_counter() - t0, 1)
-    write_json(out / "results.json", results)
+    write_json_atomic(out / "results.json", results)
     (out / "results.md").write_text(results_markdown(results))
     plot_curves({seed: results}, out / "curves.png")
     return results
-
-
-def write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False))
-    os.replace(tmp, path)
 
 
 def results_markdown(results: dict[str, Any]) -> str:
@@ -585,7 +581,7 @@ def run_demo(
             methods, seed, out / f"seed-{seed}", recipe, recipe_path, overrides, model, console
         )
         summary = summarize(worlds)
-        write_json(out / "results.json", {"seeds": list(worlds), "summary": summary, "worlds": worlds})
+        write_json_atomic(out / "results.json", {"seeds": list(worlds), "summary": summary, "worlds": worlds})
     summary = summarize(worlds)
     results = {
         "seeds": seeds,
@@ -595,7 +591,7 @@ def run_demo(
         "summary": summary,
         "worlds": worlds,
     }
-    write_json(out / "results.json", results)
+    write_json_atomic(out / "results.json", results)
     md = summary_markdown(worlds, summary)
     (out / "results.md").write_text(md)
     plot_curves(worlds, out / "curves.png")

@@ -19,10 +19,13 @@ How one P²O round reads, top to bottom:
 5. **Hard-sample mining.** Rewards are gathered across ranks; each group updates the
    `HardSampleTracker` on every rank. With `retire_templates`, a sample whose untemplated rollouts
    all succeeded loses its assignment (on every rank alike) and trains as a plain sample again.
-6. **Phase** (end of each epoch, or every `phase_every_steps`): sync the policy to the server, run
-   the GEPA phase on the main process when at least `min_hard_samples` are hard, broadcast the
-   assignments. They take effect from the next generation. A checkpoint is saved right after, and
-   `p2o_state.json` ties each round to it.
+6. **Phase** (end of each epoch, or every `phase_every_steps`; none after the last step unless
+   `phase_after_last_step`): sync the policy to the server, run the GEPA phase on the main process
+   when at least `min_hard_samples` are hard, broadcast the assignments. They take effect from the
+   next generation and last until retired (`template_lifetime: retire`) or until the next phase
+   (`round`, the authors' rule). A checkpoint is saved right after, and `p2o_state.json` ties each
+   round to it. Each round's record holds, per sample group the task names (`Task.group_of`), the
+   hard and assigned samples and the templated and plain success rates since the previous round.
 
 With nothing templated a step is exactly TRL's GRPO step.
 
