@@ -255,6 +255,143 @@ def _resolve_policy(policy: Any, config: Any, output_dir: Path) -> tuple[Any, bo
     )
 
 
+def _check_unique(hard_samples: list[Sample]) -> None:
+    ids = [s.sample_id for s in hard_samples]
+    if not hard_samples:
+        raise PhaseError("no hard samples: a phase needs at least one")
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise PhaseError(f"hard samples must have unique sample_id values; {dup!r} appears more than once")
+
+
+def _manifest(
+    policy: Any, program: TemplateProgram, hard_samples: list[Sample], dev: list[Sample], train: list[Sample]
+) -> dict[str, Any]:
+    """What a resume must find unchanged (`p2o_run.json`): the weights, the hard set, the seed."""
+    return {
+        "checkpoint": _checkpoint_fingerprint(policy),
+        "hard_sample_ids": sorted(s.sample_id for s in hard_samples),
+        "seed_template": program.seed,
+        "dev_ids": [s.sample_id for s in dev],
+        "train_ids": [s.sample_id for s in train],
+        "program": program.source,
+    }
+
+
+def _open_run(output_dir: Path, manifest: dict[str, Any], restart_if_changed: bool) -> bool:
+    """Whether GEPA resumes a saved state in `output_dir`; a run against other inputs is refused, or
+    (`restart_if_changed`) set aside for a fresh start."""
+    run_dir = output_dir / RUN_DIR
+    try:
+        return _check_resume(run_dir, manifest)
+    except PhaseError as e:
+        if not restart_if_changed:
+            raise
+        aside = _set_aside(output_dir, f"set aside by a resumed run: {e}")
+        print(
+            f"p2o: {output_dir} held an unfinished phase against other inputs; moved to {aside}",
+            file=sys.stderr,
+        )
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return _check_resume(run_dir, manifest)
+
+
+def _adapter(
+    config: Any,
+    program: TemplateProgram,
+    task: Task,
+    client: Any,
+    reflector: Reflector,
+    meta_prompt: Any,
+    run_dir: Path,
+    bar: _Progress,
+) -> PolicyTemplateAdapter:
+    adapter = PolicyTemplateAdapter(
+        program=program,
+        task=task,
+        client=client,
+        reflector=reflector,
+        meta_prompt=meta_prompt,
+        samples_per_item=config.gepa_samples_per_item,
+        temperature=config.gepa_temperature,
+        max_tokens=config.gepa_max_tokens or config.max_completion_length,
+        num_threads=config.gepa_num_threads,
+        include_gold=config.feedback_include_gold,
+        proposal_max_chars=config.proposal_max_chars,
+        max_input_tokens=getattr(config, "reflection_max_input_tokens", 30000),
+        store=EvaluationStore(run_dir / "evaluations.jsonl"),
+        log_dir=run_dir,
+        on_item=bar.advance,
+    )
+    bar.adapter = adapter
+    return adapter
+
+
+def _optimize(
+    config: Any,
+    program: TemplateProgram,
+    dev: list[Sample],
+    train: list[Sample],
+    adapter: PolicyTemplateAdapter,
+    run_dir: Path,
+    bar: _Progress,
+) -> Any:
+    """`gepa.optimize` as the module docstring's step 2 describes it; GEPA's result."""
+    import gepa
+
+    return gepa.optimize(
+        seed_candidate={program.predictor_name: program.seed},
+        trainset=train,
+        valset=dev,
+        adapter=adapter,
+        candidate_selection_strategy=config.gepa_candidate_selection,
+        reflection_minibatch_size=config.gepa_reflection_minibatch_size,
+        max_metric_calls=config.gepa_max_metric_calls,
+        run_dir=str(run_dir),
+        logger=_FileLogger(run_dir / "gepa_log.txt"),
+        callbacks=[bar],
+        # gepa swallows what propose_new_texts raises: stop on what the adapter recorded.
+        stop_callbacks=[lambda _state: adapter.fatal is not None],
+        seed=config.seed,
+        perfect_score=1.0,
+        skip_perfect_score=True,
+        acceptance_criterion="strict_improvement",
+        val_evaluation_policy="full_eval",
+        cache_evaluation=False,  # p2o's own store: GEPA's mixes train and dev ids (gepa 0.1.4)
+        track_best_outputs=False,
+        raise_on_exception=True,
+    )
+
+
+def _phase_meta(
+    error: Exception | None,
+    *,
+    resumed: bool,
+    program: TemplateProgram,
+    task: Task,
+    reflector: Reflector,
+    meta_prompt: Any,
+    policy: Any,
+) -> dict[str, Any]:
+    """phase.json's description of the run: how it ended and what it ran with."""
+    return {
+        "status": "interrupted" if error else "complete",
+        "error": str(error) if error else None,
+        "resumed": resumed,
+        "program": program.name,
+        "program_source": program.source,
+        "task": task.name,
+        "seed_template": program.seed_name,
+        "reflection": reflector.name,
+        "meta_prompt": str(meta_prompt.path),
+        "policy": {
+            "backend": policy.backend,
+            "base_url": policy.base_url,
+            "model": policy.model_name,
+        },
+    }
+
+
 def run_phase(
     config: Any,
     task: Task,
@@ -297,41 +434,13 @@ def run_phase(
     # Everything a user may have misconfigured is checked before any model is called.
     prog = program or load_program(config.program)
     meta_prompt = load_meta_prompt(config.meta_prompt)
-    ids = [s.sample_id for s in hard_samples]
-    if not hard_samples:
-        raise PhaseError("no hard samples: a phase needs at least one")
-    if len(set(ids)) != len(ids):
-        dup = next(i for i in ids if ids.count(i) > 1)
-        raise PhaseError(f"hard samples must have unique sample_id values; {dup!r} appears more than once")
-    dev, train = split_hard_samples(
-        hard_samples,
-        dev_max_size=config.dev_max_size,
-        seed=config.seed,
-    )
+    _check_unique(hard_samples)
+    dev, train = split_hard_samples(hard_samples, dev_max_size=config.dev_max_size, seed=config.seed)
     with contextlib.ExitStack() as owned:
         policy, launched = _resolve_policy(policy, config, output_dir)
         if launched:
             owned.callback(policy.stop)
-        manifest = {
-            "checkpoint": _checkpoint_fingerprint(policy),
-            "hard_sample_ids": sorted(ids),
-            "seed_template": prog.seed,
-            "dev_ids": [s.sample_id for s in dev],
-            "train_ids": [s.sample_id for s in train],
-            "program": prog.source,
-        }
-        try:
-            resumed = _check_resume(run_dir, manifest)
-        except PhaseError as e:
-            if not restart_if_changed:
-                raise
-            aside = _set_aside(output_dir, f"set aside by a resumed run: {e}")
-            print(
-                f"p2o: {output_dir} held an unfinished phase against other inputs; moved to {aside}",
-                file=sys.stderr,
-            )
-            run_dir.mkdir(parents=True, exist_ok=True)
-            resumed = _check_resume(run_dir, manifest)
+        resumed = _open_run(output_dir, _manifest(policy, prog, hard_samples, dev, train), restart_if_changed)
         policy.check_alive()
 
         template_kwargs = {
@@ -345,55 +454,17 @@ def run_phase(
             owned.callback(reflector.close)
         client = policy.client(chat_template_kwargs=template_kwargs)
         bar = _Progress(config.gepa_max_metric_calls, progress, len(dev))
-        adapter = PolicyTemplateAdapter(
-            program=prog,
-            task=task,
-            client=client,
-            reflector=reflector,
-            meta_prompt=meta_prompt,
-            samples_per_item=config.gepa_samples_per_item,
-            temperature=config.gepa_temperature,
-            max_tokens=config.gepa_max_tokens or config.max_completion_length,
-            num_threads=config.gepa_num_threads,
-            include_gold=config.feedback_include_gold,
-            proposal_max_chars=config.proposal_max_chars,
-            max_input_tokens=getattr(config, "reflection_max_input_tokens", 30000),
-            store=EvaluationStore(run_dir / "evaluations.jsonl"),
-            log_dir=run_dir,
-            on_item=bar.advance,
-        )
-        bar.adapter = adapter
-        error: Exception | None = None
-        extra: dict[str, dict[str, float]] = {}
-        try:
-            import gepa
+        adapter = _adapter(config, prog, task, client, reflector, meta_prompt, run_dir, bar)
 
-            result = gepa.optimize(
-                seed_candidate={prog.predictor_name: prog.seed},
-                trainset=train,
-                valset=dev,
-                adapter=adapter,
-                candidate_selection_strategy=config.gepa_candidate_selection,
-                reflection_minibatch_size=config.gepa_reflection_minibatch_size,
-                max_metric_calls=config.gepa_max_metric_calls,
-                run_dir=str(run_dir),
-                logger=_FileLogger(run_dir / "gepa_log.txt"),
-                callbacks=[bar],
-                # gepa swallows what propose_new_texts raises: stop on what the adapter recorded.
-                stop_callbacks=[lambda _state: adapter.fatal is not None],
-                seed=config.seed,
-                perfect_score=1.0,
-                skip_perfect_score=True,
-                acceptance_criterion="strict_improvement",
-                val_evaluation_policy="full_eval",
-                cache_evaluation=False,  # p2o's own store: GEPA's mixes train and dev ids (gepa 0.1.4)
-                track_best_outputs=False,
-                raise_on_exception=True,
-            )
+        # A server or reflection model that fails for good ends GEPA; what it saved last is kept.
+        error: Exception | None = None
+        train_scores: dict[str, dict[str, float]] = {}
+        try:
+            result = _optimize(config, prog, dev, train, adapter, run_dir, bar)
             if adapter.fatal is not None:
                 raise adapter.fatal
             if config.assign_score_all and train:
-                extra = _score_cover_on_train(result, prog, dev, train, adapter)
+                train_scores = _score_cover_on_train(result, prog, dev, train, adapter)
         except (PolicyServerError, ReflectionError) as e:
             error = e
             result = _saved_result(run_dir)
@@ -409,6 +480,15 @@ def run_phase(
             stats = {"status": "failed", "error": str(error), "seconds": round(time.monotonic() - started, 3)}
             write_json_atomic(output_dir / "phase.json", stats)
             raise error
+        meta = _phase_meta(
+            error,
+            resumed=resumed,
+            program=prog,
+            task=task,
+            reflector=reflector,
+            meta_prompt=meta_prompt,
+            policy=policy,
+        )
         phase = _finalize(
             result,
             config=config,
@@ -417,23 +497,8 @@ def run_phase(
             train=train,
             counters=counters,
             output_dir=output_dir,
-            train_scores=extra,
-            meta={
-                "status": "interrupted" if error else "complete",
-                "error": str(error) if error else None,
-                "resumed": resumed,
-                "program": prog.name,
-                "program_source": prog.source,
-                "task": task.name,
-                "seed_template": prog.seed_name,
-                "reflection": reflector.name,
-                "meta_prompt": str(meta_prompt.path),
-                "policy": {
-                    "backend": policy.backend,
-                    "base_url": policy.base_url,
-                    "model": policy.model_name,
-                },
-            },
+            train_scores=train_scores,
+            meta=meta,
         )
         if error is not None:
             raise error
@@ -477,30 +542,43 @@ def _plot_progress(templates: list[dict[str, Any]], n_dev: int, stats: dict[str,
     plt.close(fig)
 
 
-def _dev_matrix(result: Any, program: TemplateProgram, dev: list[Sample]):
-    """(template texts, template ids, score matrix over dev, ids of empty templates, cover set)."""
+@dataclass
+class _Candidates:
+    """GEPA's accepted candidates scored on dev: per candidate its instruction, its template text z
+    (the instruction and the program's demos) and its id; the score matrix (id → dev sample id →
+    score), the ids of empty templates and the greedy cover."""
+
+    instructions: list[str]
+    texts: list[str]
+    ids: list[str]
+    matrix: dict[str, dict[str, float]]
+    empty: set[str]
+    cover: list[str]
+
+
+def _candidates(result: Any, program: TemplateProgram, dev: list[Sample]) -> _Candidates:
     instructions = [c[program.predictor_name] for c in result.candidates]
     ids = [f"t{i}-{template_hash(t)[:6]}" for i, t in enumerate(instructions)]
-    texts = [program.template(t) for t in instructions]  # z: the instruction and the program's demos
+    texts = [program.template(t) for t in instructions]
     dev_ids = [s.sample_id for s in dev]
     matrix = {
         ids[i]: {dev_ids[v]: float(score) for v, score in sorted(result.val_subscores[i].items())}
         for i in range(len(ids))
     }
     empty = {ids[i] for i, t in enumerate(texts) if not t.strip()}
-    return texts, ids, matrix, empty, greedy_set_cover(matrix, exclude=empty)
+    return _Candidates(instructions, texts, ids, matrix, empty, greedy_set_cover(matrix, exclude=empty))
 
 
 def _score_cover_on_train(
     result: Any, program: TemplateProgram, dev: list[Sample], train: list[Sample], adapter: Any
 ) -> dict[str, dict[str, float]]:
     """`assign_score_all`: every cover template scored on the train-side hard samples."""
-    _, ids, _, _, cover = _dev_matrix(result, program, dev)
+    cands = _candidates(result, program, dev)
     dev_ids = {s.sample_id for s in dev}
     rest = [s for s in train if s.sample_id not in dev_ids]
     out: dict[str, dict[str, float]] = {}
-    instructions = {i: c[program.predictor_name] for i, c in zip(ids, result.candidates, strict=True)}
-    for tid in cover:
+    instructions = dict(zip(cands.ids, cands.instructions, strict=True))
+    for tid in cands.cover:
         batch = adapter.evaluate(rest, {program.predictor_name: instructions[tid]})
         out[tid] = {s.sample_id: float(v) for s, v in zip(rest, batch.scores, strict=True)}
     return out
@@ -531,40 +609,16 @@ def _save_programs(
             program.save_evolved(tmp, instruction, **info)
 
 
-def _finalize(
+def _template_records(
     result: Any,
-    *,
-    config: Any,
-    program: TemplateProgram,
-    dev: list[Sample],
-    train: list[Sample],
-    counters: dict[str, Any],
-    output_dir: Path,
-    meta: dict[str, Any],
-    train_scores: dict[str, dict[str, float]] | None = None,
-) -> PhaseResult:
-    comp = program.predictor_name
-    texts, ids, matrix, empty, cover = _dev_matrix(result, program, dev)
-    dev_ids = [s.sample_id for s in dev]
-    train_scores = train_scores or {}
-    hard_ids = dev_ids + [s.sample_id for s in train if s.sample_id not in set(dev_ids)]
-    assignments = assign_templates(
-        matrix,
-        hard_ids,
-        k=int(config.num_generations),
-        seed=config.seed,
-        exclude=empty,
-        cover=cover,
-        solved_on=train_scores,
-        skip_unsolved=config.assign_score_all,
-    )
-    solved = solved_sets(matrix)
-    means = mean_scores(matrix)
-    n_dev = len(dev_ids)
-    union = set().union(*solved.values()) if solved else set()
-    best = max(ids, key=lambda t: (len(solved[t]), means[t]))
-    instructions = [c[comp] for c in result.candidates]
-    templates = [
+    cands: _Candidates,
+    solved: dict[str, set[str]],
+    means: dict[str, float],
+    train_scores: dict[str, dict[str, float]],
+) -> list[dict[str, Any]]:
+    """templates.json's rows: every accepted candidate with its parent, scores and discovery point."""
+    ids, texts, instructions = cands.ids, cands.texts, cands.instructions
+    return [
         {
             "id": ids[i],
             "text": texts[i],
@@ -574,18 +628,59 @@ def _finalize(
             else None,
             "mean": round(means[ids[i]], 6),
             "dev_solved": len(solved[ids[i]]),
-            "in_cover": ids[i] in cover,
+            "in_cover": ids[i] in cands.cover,
             "discovered_at_metric_calls": result.discovery_eval_counts[i],
-            "dev_scores": matrix[ids[i]],
+            "dev_scores": cands.matrix[ids[i]],
             **({"train_scores": train_scores[ids[i]]} if ids[i] in train_scores else {}),
         }
         for i in range(len(ids))
     ]
+
+
+def _costs(counters: dict[str, Any]) -> dict[str, Any]:
+    """phase.json's `tokens` and `cost`: what the phase cost (the paper's reviewers asked for it)."""
+    return {
+        "tokens": {
+            "policy_prompt": counters["policy_prompt_tokens"],
+            "policy_completion": counters["policy_completion_tokens"],
+            "reflection_prompt": counters["reflection_prompt_tokens"],
+            "reflection_completion": counters["reflection_completion_tokens"],
+        },
+        "cost": {
+            "policy_tokens": counters["policy_prompt_tokens"] + counters["policy_completion_tokens"],
+            "reflection_tokens": counters["reflection_prompt_tokens"]
+            + counters["reflection_completion_tokens"],
+            "reflection_usd": round(counters["reflection_cost_usd"], 6)
+            if counters["reflection_cost_known"] and counters["reflection_calls"]
+            else None,
+            "seconds": counters["seconds"],
+        },
+    }
+
+
+def _phase_stats(
+    result: Any,
+    cands: _Candidates,
+    *,
+    config: Any,
+    counters: dict[str, Any],
+    meta: dict[str, Any],
+    best: str,
+    hard_ids: list[str],
+    n_dev: int,
+    n_train: int,
+    n_assigned: int,
+    train_scores: dict[str, dict[str, float]],
+    output_dir: Path,
+) -> dict[str, Any]:
+    """phase.json: solve fractions before and after, the budget spent, counters and costs."""
+    solved, means = solved_sets(cands.matrix), mean_scores(cands.matrix)
+    union = set().union(*solved.values()) if solved else set()
     rejected = {r: 0 for r in (*REJECTION_REASONS, "duplicate")}
     rejected.update(counters.get("rejected", {}))
-    stats: dict[str, Any] = {
+    return {
         "status": meta["status"],
-        "dev_solved_frac_before": len(solved[ids[0]]) / n_dev,
+        "dev_solved_frac_before": len(solved[cands.ids[0]]) / n_dev,
         "dev_solved_frac_after": len(union) / n_dev,
         "best_single": {"id": best, "dev_solved_frac": len(solved[best]) / n_dev, "mean": means[best]},
         "metric_calls": result.total_metric_calls,
@@ -601,32 +696,17 @@ def _finalize(
         "seconds": counters["seconds"],
         "hard_samples": len(hard_ids),
         "dev_size": n_dev,
-        "train_size": len(train),
-        "candidates": len(ids),
+        "train_size": n_train,
+        "candidates": len(cands.ids),
         "proposals_valid": counters["proposals_valid"],
-        "cover": cover,
-        "assigned_samples": len(assignments),
+        "cover": cands.cover,
+        "assigned_samples": n_assigned,
         "k": int(config.num_generations),
         "policy_item_evals": counters["policy_item_evals"],
         "reused_item_evals": counters["reused_item_evals"],
         "policy_requests": counters["policy_requests"],
         "policy_request_errors": counters["policy_request_errors"],
-        "tokens": {
-            "policy_prompt": counters["policy_prompt_tokens"],
-            "policy_completion": counters["policy_completion_tokens"],
-            "reflection_prompt": counters["reflection_prompt_tokens"],
-            "reflection_completion": counters["reflection_completion_tokens"],
-        },
-        # What the phase cost: the paper's reviewers asked for exactly this.
-        "cost": {
-            "policy_tokens": counters["policy_prompt_tokens"] + counters["policy_completion_tokens"],
-            "reflection_tokens": counters["reflection_prompt_tokens"]
-            + counters["reflection_completion_tokens"],
-            "reflection_usd": round(counters["reflection_cost_usd"], 6)
-            if counters["reflection_cost_known"] and counters["reflection_calls"]
-            else None,
-            "seconds": counters["seconds"],
-        },
+        **_costs(counters),
         "reflection_errors": counters["reflection_errors"],
         "outputs_cut": counters["outputs_cut"],
         "samples_per_item": config.gepa_samples_per_item,
@@ -634,15 +714,65 @@ def _finalize(
         **{k: v for k, v in meta.items() if k != "status"},
         "gepa_run_dir": str(output_dir / RUN_DIR),
     }
-    write_json_atomic(output_dir / "templates.json", {"component": comp, "templates": templates})
+
+
+def _finalize(
+    result: Any,
+    *,
+    config: Any,
+    program: TemplateProgram,
+    dev: list[Sample],
+    train: list[Sample],
+    counters: dict[str, Any],
+    output_dir: Path,
+    meta: dict[str, Any],
+    train_scores: dict[str, dict[str, float]] | None = None,
+) -> PhaseResult:
+    """GEPA's result → the cover, K templates per hard sample, and every output file."""
+    cands = _candidates(result, program, dev)
+    dev_ids = [s.sample_id for s in dev]
+    train_scores = train_scores or {}
+    hard_ids = dev_ids + [s.sample_id for s in train if s.sample_id not in set(dev_ids)]
+    assignments = assign_templates(
+        cands.matrix,
+        hard_ids,
+        k=int(config.num_generations),
+        seed=config.seed,
+        exclude=cands.empty,
+        cover=cands.cover,
+        solved_on=train_scores,
+        skip_unsolved=config.assign_score_all,
+    )
+    solved, means = solved_sets(cands.matrix), mean_scores(cands.matrix)
+    best = max(cands.ids, key=lambda t: (len(solved[t]), means[t]))
+    templates = _template_records(result, cands, solved, means, train_scores)
+    stats = _phase_stats(
+        result,
+        cands,
+        config=config,
+        counters=counters,
+        meta=meta,
+        best=best,
+        hard_ids=hard_ids,
+        n_dev=len(dev_ids),
+        n_train=len(train),
+        n_assigned=len(assignments),
+        train_scores=train_scores,
+        output_dir=output_dir,
+    )
+    write_json_atomic(
+        output_dir / "templates.json", {"component": program.predictor_name, "templates": templates}
+    )
     write_json_atomic(output_dir / "assignments.json", assignments)
     write_json_atomic(output_dir / "phase.json", stats)
-    _plot_progress(templates, n_dev, stats, output_dir / "phase.png")
-    _save_programs(program, templates, instructions, best, cover, meta.get("task"), output_dir / PROGRAMS_DIR)
+    _plot_progress(templates, len(dev_ids), stats, output_dir / "phase.png")
+    _save_programs(
+        program, templates, cands.instructions, best, cands.cover, meta.get("task"), output_dir / PROGRAMS_DIR
+    )
     return PhaseResult(
-        templates=dict(zip(ids, texts, strict=True)),
+        templates=dict(zip(cands.ids, cands.texts, strict=True)),
         assignments=assignments,
         stats=stats,
-        cover=cover,
+        cover=cands.cover,
         dev_ids=dev_ids,
     )
