@@ -80,7 +80,7 @@ def main(
 
     def recording_rollout(prompts, tr):
         res = original(prompts, tr)
-        used.append(list(zip(trainer._batch_sample_ids, trainer._rollout_info["template_ids"], strict=True)))
+        used.append(list(zip(trainer._batch_sample_ids, res["p2o_template_id"], strict=True)))
         return res
 
     trainer.rollout_func = recording_rollout

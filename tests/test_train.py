@@ -92,7 +92,7 @@ def test_templated_rollouts_loss_on_original_prompt(tiny_model, tmp_path):
     tr.assignments = {s.sample_id: ["t0"] * 3 for s in tiny_samples()}
     batch, out = generated_batch(tr)
     tok = tr.processing_class
-    gen_text = [tok.decode(ids) for ids in tr._rollout_info["gen_prompt_ids"]]
+    gen_text = [tok.decode(x["p2o_gen_prompt_ids"]) for x in batch]  # the rollout's fields, merged by TRL
     loss_text = [
         tok.decode(row[m.bool()]) for row, m in zip(out["prompt_ids"], out["prompt_mask"], strict=True)
     ]
@@ -160,15 +160,14 @@ def test_crm_masks_exactly_out_of_bound_tokens(tiny_model, tmp_path):
     tr = make_trainer(tiny_model, tmp_path, crm_low=0.9, crm_high=1.1)
     tr.templates = {"t0": TEMPLATE}
     tr.assignments = {s.sample_id: ["t0"] * 3 for s in tiny_samples()}
-    _, out = generated_batch(tr)
-    info = tr._rollout_info
+    batch, out = generated_batch(tr)
     # Recompute both log-probs independently (at the sampling temperature, as TRL scores tokens) and
     # compare with the mask the trainer produced.
     with torch.no_grad():
-        for i in range(len(info["gen_prompt_ids"])):
+        for i in range(len(batch)):
             comp = out["completion_ids"][i][out["completion_mask"][i].bool()]
             x = out["prompt_ids"][i][out["prompt_mask"][i].bool()]
-            xt = torch.tensor(info["gen_prompt_ids"][i])
+            xt = torch.tensor(batch[i]["p2o_gen_prompt_ids"])
 
             def logps(prompt, comp=comp):
                 ids = torch.cat([prompt, comp]).unsqueeze(0)

@@ -65,6 +65,10 @@ from p2o.train.tracking import RoundTracking
 
 STATE_FILE = "p2o_state.json"
 SAMPLE_LOG_LIMIT = 400  # rows per round in rounds/round-NNN/samples.jsonl
+# Per-row fields the rollout returns beside TRL's own; TRL merges them into the batch's `inputs`.
+ROLLOUT_TEMPLATED = "p2o_templated"
+ROLLOUT_TEMPLATE_ID = "p2o_template_id"
+ROLLOUT_GEN_PROMPT_IDS = "p2o_gen_prompt_ids"
 
 
 def _say(message: str) -> None:
@@ -138,6 +142,13 @@ class P2OTrainer(GRPOTrainer):
             (`p2o.evolve.run_phase` on a policy server kept for the run).
         enable_phases: False trains plain GRPO (the baseline) while still tracking hard samples.
         reflection_lm: a `prompt -> str` callable overriding `args.reflection` in the default phase.
+
+    What a rollout decided per row (templated, template id, the generated prompt's ids) reaches the
+    CRM and the sample log as extra fields of the rollout's output, which TRL merges into the batch's
+    `inputs` dicts. Two things still pass between TRL's hooks on the instance, because TRL offers no
+    per-batch field for them: the batch's sample ids (`rollout_func` receives only the prompts) and
+    the rewards gathered across ranks (`_calculate_rewards` returns them to TRL alone; a reward
+    function sees only this process's rows).
     """
 
     def __init__(
@@ -175,7 +186,6 @@ class P2OTrainer(GRPOTrainer):
             }
         self.samples = samples
         self._batch_sample_ids: list[str] | None = None
-        self._rollout_info: dict[str, Any] | None = None
         self._last_rewards: torch.Tensor | None = None
         self._sample_log_rows = 0
         # Per sample group (`Task.group_of`), rollouts since the last round: [templated successes,
@@ -225,6 +235,9 @@ class P2OTrainer(GRPOTrainer):
         return tids[0] if self.args.same_template_in_group else tids[k % len(tids)]
 
     def _rollout(self, prompts: list, trainer: Any) -> dict[str, Any]:
+        """TRL's `rollout_func`. Besides TRL's keys it returns, per row, `p2o_templated`,
+        `p2o_template_id` and `p2o_gen_prompt_ids` (the prompt generated from), which TRL merges
+        into the batch's `inputs`."""
         mode = "train" if self.model.training else "eval"
         num_generations = self.num_generations if mode == "train" else self.num_generations_eval
         ids = self._batch_sample_ids or [None] * len(prompts)
@@ -263,13 +276,14 @@ class P2OTrainer(GRPOTrainer):
                 ]
         else:
             loss_prompt_ids = gen_prompt_ids
-        self._rollout_info = {
-            "templated": templated,
-            "template_ids": template_ids,
-            "gen_prompt_ids": gen_prompt_ids,
-            "gen_prompts": gen_prompts,
+        return {
+            "prompt_ids": loss_prompt_ids,
+            "completion_ids": completion_ids,
+            "logprobs": logprobs,
+            ROLLOUT_TEMPLATED: templated,
+            ROLLOUT_TEMPLATE_ID: template_ids,
+            ROLLOUT_GEN_PROMPT_IDS: gen_prompt_ids,
         }
-        return {"prompt_ids": loss_prompt_ids, "completion_ids": completion_ids, "logprobs": logprobs}
 
     def _generate_split(self, prompt_ids: list[list[int]], templated: list[bool]) -> tuple[list, Any]:
         """In-process generation in two batches, templated and plain: one batch would pad every
@@ -298,28 +312,26 @@ class P2OTrainer(GRPOTrainer):
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         mode = "train" if self.model.training else "eval"
         self._batch_sample_ids = [str(x["sample_id"]) if "sample_id" in x else None for x in inputs]
-        self._rollout_info = None
-        out = super()._generate_and_score_completions(inputs)
-        info = self._rollout_info or {"templated": [False] * len(inputs)}
-        templated = info["templated"]
+        out = super()._generate_and_score_completions(inputs)  # adds the rollout's fields to `inputs`
+        templated = [x.get(ROLLOUT_TEMPLATED, False) for x in inputs]
         if mode != "train":
             return out
 
         crm_stats = None
         if any(templated) and self.args.distill and self.args.crm:
             t0 = time.perf_counter()
-            crm_stats = self._apply_crm(out, info)
+            crm_stats = self._apply_crm(out, inputs)
             self._add_seconds("crm", time.perf_counter() - t0)
         self._track_and_log(inputs, templated, crm_stats)
         return out
 
     @torch.no_grad()
-    def _apply_crm(self, out: dict[str, Any], info: dict[str, Any]) -> tuple[int, int]:
+    def _apply_crm(self, out: dict[str, Any], inputs: list[dict[str, Any]]) -> tuple[int, int]:
         """Mask templated-rollout tokens whose π(y|x)/π(y|x̃) is outside [crm_low, crm_high]."""
         device = self.accelerator.device
-        rows = [i for i, t in enumerate(info["templated"]) if t]
+        rows = [i for i, x in enumerate(inputs) if x.get(ROLLOUT_TEMPLATED, False)]
         comp_ids, comp_mask = out["completion_ids"][rows], out["completion_mask"][rows]
-        prompts = [torch.tensor(info["gen_prompt_ids"][i]) for i in rows]
+        prompts = [torch.tensor(inputs[i][ROLLOUT_GEN_PROMPT_IDS]) for i in rows]
         old = out.get("old_per_token_logps")
         if old is None:
             # log π(y|x) too, in the same forward pass as log π(y|x̃) (one call instead of two).
@@ -460,7 +472,6 @@ class P2OTrainer(GRPOTrainer):
         """A few readable rows per generation: prompt, template, completion, verdict."""
         if not self.accelerator.is_main_process or self._sample_log_rows >= SAMPLE_LOG_LIMIT:
             return
-        info = self._rollout_info or {}
         verdicts = self.reward.last_verdicts
         logs = self._logs
         completions = list(logs["completion"])[-len(inputs) :] if logs.get("completion") else []
@@ -472,14 +483,13 @@ class P2OTrainer(GRPOTrainer):
         with path.open("a") as f:
             for i in picks:
                 v = verdicts[i] if i < len(verdicts) else None
+                template_id = inputs[i].get(ROLLOUT_TEMPLATE_ID)
                 row = {
                     "step": self.state.global_step,
                     "sample_id": inputs[i].get("sample_id"),
                     "problem": inputs[i].get("problem"),
-                    "template_id": (info.get("template_ids") or [None] * len(inputs))[i],
-                    "template": self.templates.get(
-                        (info.get("template_ids") or [None] * len(inputs))[i] or ""
-                    ),
+                    "template_id": template_id,
+                    "template": self.templates.get(template_id or ""),
                     "completion": completion_text(completions[i]) if i < len(completions) else None,
                     "answer": inputs[i].get("answer"),
                     "score": v.score if v else None,
@@ -570,7 +580,9 @@ class P2OTrainer(GRPOTrainer):
             self._policy_server = server.launch()
 
     def run_p2o_phase(self) -> dict[str, Any]:
-        """One prompt-evolution phase, on every rank (the GEPA work runs on the main process)."""
+        """One prompt-evolution phase, on every rank (the GEPA work runs on the main process): write
+        the hard set, run the phase (or read back a round the resumed run finished), adopt its
+        templates, record the round."""
         index = len(self.rounds) + 1
         rdir = self.round_dir(index)
         hard_ids = self.tracker.hard_ids()
@@ -582,86 +594,97 @@ class P2OTrainer(GRPOTrainer):
             "n_tracked": len(self.tracker.stats),
         }
         t0 = time.perf_counter()
-        main = self.accelerator.is_main_process
         if self.args.template_lifetime == "round" and self.assignments:
             # The authors' lifetime: a phase's templates serve until the next phase, whatever it finds.
             record["expired_assignments"] = len(self.assignments)
             self.assignments = {}
+        if self.accelerator.is_main_process:
+            self._write_hard_set(rdir, hard_ids)
         assigned_ids: list[str] = []
-        if main:
-            rdir.mkdir(parents=True, exist_ok=True)
-            with (rdir / "hard.jsonl").open("w") as f:
-                for sid in hard_ids:
-                    s, st = self.samples.get(sid), self.tracker.stats[sid]
-                    f.write(
-                        json.dumps(
-                            {
-                                "sample_id": sid,
-                                "problem": s.problem if s else None,
-                                "answer": s.answer if s else None,
-                                "last_successes": st.last_successes,
-                                "last_templated": st.last_templated,
-                            }
-                        )
-                        + "\n"
-                    )
+        earlier: dict[str, Any] | None = None
         if len(hard_ids) < self.args.min_hard_samples:
             record["status"] = "skipped"
             record["reason"] = f"{len(hard_ids)} hard < min_hard_samples={self.args.min_hard_samples}"
         else:
-            # A round that finished after the checkpoint this run resumed from is read back, not rerun.
-            reused = (
-                self._await_phase(lambda: self._finished_round(index, rdir) if main else None)
-                if index in self._replay_rounds
-                else None
-            )
-            if reused is not None:
-                outcome, earlier = reused
+            outcome, earlier = self._phase_outcome(index, rdir, hard_ids)
+            if earlier is not None:
                 record["reused"] = True
-            else:
-                if main:
-                    self._notify("phase_started", index, len(hard_ids), self.state.global_step)
-                policy = self.sync_policy(rdir)
-                outcome = self._await_phase(
-                    lambda: self._phase_on_main(hard_ids, policy, rdir) if main else None
-                )
-            kind, value, attempts = outcome
-            record["attempts"] = attempts
-            if kind != "done":
-                record["status"] = "failed"
-                record["error"] = value
-                record["fatal"] = kind == "fatal"
-                if main:
-                    self._notify("phase_failed", index, value)
-            else:
-                templates, assignments, stats = value
-                assigned_ids = list(assignments)
-                prefix = f"r{index}:"
-                self.templates.update({prefix + tid: text for tid, text in templates.items()})
-                self.assignments.update(
-                    {sid: [prefix + t for t in tids] for sid, tids in assignments.items()}
-                )
-                for sid in assignments:  # hard again after retiring: templated again
-                    self.retired.pop(sid, None)
-                record["retired_samples"] = len(self.retired)
-                record["status"] = "done"
-                record["n_templates"] = len(templates)
-                record["n_assigned"] = len(assignments)
-                record["phase"] = {
-                    k: v
-                    for k, v in stats.items()
-                    if not isinstance(v, dict | list) or k in ("rejected", "cost")
-                }
-                if isinstance(stats.get("cost"), dict):
-                    record["cost"] = stats["cost"]
+            assigned_ids = self._adopt_outcome(index, outcome, record)
         groups = self._round_groups(hard_ids, assigned_ids)
         if groups:
             record["groups"] = groups
         record["seconds"] = round(time.perf_counter() - t0, 3)
-        if record.get("reused"):
+        if earlier is not None:
             record["seconds"] = earlier.get("seconds", record["seconds"])
-        self.rounds.append(record)
+        self._record_round(index, rdir, record)
+        return record
+
+    def _write_hard_set(self, rdir: Path, hard_ids: list[str]) -> None:
+        """rounds/round-NNN/hard.jsonl: each hard sample and how its last group did (main process)."""
+        rdir.mkdir(parents=True, exist_ok=True)
+        with (rdir / "hard.jsonl").open("w") as f:
+            for sid in hard_ids:
+                s, st = self.samples.get(sid), self.tracker.stats[sid]
+                row = {
+                    "sample_id": sid,
+                    "problem": s.problem if s else None,
+                    "answer": s.answer if s else None,
+                    "last_successes": st.last_successes,
+                    "last_templated": st.last_templated,
+                }
+                f.write(json.dumps(row) + "\n")
+
+    def _phase_outcome(
+        self, index: int, rdir: Path, hard_ids: list[str]
+    ) -> tuple[tuple[str, Any, int], dict[str, Any] | None]:
+        """(outcome, earlier record) on every rank. A round that finished after the checkpoint this
+        run resumed from is read back, not rerun (its earlier record); otherwise the policy is synced
+        and the phase runs on the main process (None)."""
+        main = self.accelerator.is_main_process
+        if index in self._replay_rounds:
+            reused = self._await_phase(lambda: self._finished_round(index, rdir) if main else None)
+            if reused is not None:
+                return reused
         if main:
+            self._notify("phase_started", index, len(hard_ids), self.state.global_step)
+        policy = self.sync_policy(rdir)
+        outcome = self._await_phase(lambda: self._phase_on_main(hard_ids, policy, rdir) if main else None)
+        return outcome, None
+
+    def _adopt_outcome(self, index: int, outcome: tuple[str, Any, int], record: dict[str, Any]) -> list[str]:
+        """Record a failed phase, or take a finished one's templates and assignments (ids prefixed
+        `r<index>:`); the ids of the samples it assigned."""
+        kind, value, attempts = outcome
+        record["attempts"] = attempts
+        if kind != "done":
+            record["status"] = "failed"
+            record["error"] = value
+            record["fatal"] = kind == "fatal"
+            if self.accelerator.is_main_process:
+                self._notify("phase_failed", index, value)
+            return []
+        templates, assignments, stats = value
+        prefix = f"r{index}:"
+        self.templates.update({prefix + tid: text for tid, text in templates.items()})
+        self.assignments.update({sid: [prefix + t for t in tids] for sid, tids in assignments.items()})
+        for sid in assignments:  # hard again after retiring: templated again
+            self.retired.pop(sid, None)
+        record["retired_samples"] = len(self.retired)
+        record["status"] = "done"
+        record["n_templates"] = len(templates)
+        record["n_assigned"] = len(assignments)
+        record["phase"] = {
+            k: v for k, v in stats.items() if not isinstance(v, dict | list) or k in ("rejected", "cost")
+        }
+        if isinstance(stats.get("cost"), dict):
+            record["cost"] = stats["cost"]
+        return list(assignments)
+
+    def _record_round(self, index: int, rdir: Path, record: dict[str, Any]) -> None:
+        """Keep the round: round.json and p2o_state.json (main process), the report, then a fatal
+        failure stops the run; else the phase's metrics."""
+        self.rounds.append(record)
+        if self.accelerator.is_main_process:
             write_json_atomic(rdir / "round.json", record)
             self.write_run_state()
             self._notify("report_round", record)
@@ -669,10 +692,9 @@ class P2OTrainer(GRPOTrainer):
             raise PhaseFatalError(f"round {index} (step {self.state.global_step}): {record['error']}")
         metrics = self._metrics["train"]
         metrics["p2o/phase_seconds"].append(record["seconds"])
-        metrics["p2o/phase_hard"].append(float(len(hard_ids)))
+        metrics["p2o/phase_hard"].append(float(record["n_hard"]))
         if "phase" in record:
             metrics["p2o/phase_metric_calls"].append(float(record["phase"].get("metric_calls", 0)))
-        return record
 
     def _phase_on_main(self, hard_ids: list[str], policy: PolicyHandle, rdir: Path) -> tuple[str, Any, int]:
         """Run the phase (main process): ("done", (templates, assignments, stats), attempts), or
