@@ -343,7 +343,6 @@ def text_program(template: str = "") -> TemplateProgram:
         seed=template,
         seed_name="text",
         source="(template text)",
-        seeds={"text": template},
     )
 
 
@@ -465,6 +464,5 @@ def evolved_program(path: str | Path, *, program: str | TemplateProgram | None =
         seed=instruction,
         seed_name="evolved",
         source=str(path),
-        seeds={"evolved": instruction},
         description=prog.description,
     )
