@@ -289,14 +289,8 @@ def evaluate(
         template = call.program.template(call.instruction) or None
 
     loaded = [_load(spec, data_dir, limit, task_kwargs) for spec in bench_list]
-    names = [lb.bench.name for lb in loaded]
-    specs = [m for m in model_list if not hasattr(m, "generate")]
-    labelled = iter(model_labels([str(m) for m in specs]))
-    plan: list[tuple[str, str | Generator]] = []
-    for m in model_list:
-        plan.append((m.label, m) if hasattr(m, "generate") else next(labelled))  # type: ignore[union-attr]
+    plan = _label_models(model_list)
     labels = [label for label, _ in plan]
-
     out_dir = Path(output_dir) if output_dir is not None else None
     settings = {
         "backend": "server" if server else backend,
@@ -309,63 +303,89 @@ def evaluate(
         "models": {label: (m if isinstance(m, str) else getattr(m, "label", "")) for label, m in plan},
         "benchmarks": {lb.bench.name: {**lb.bench.settings(), "source": lb.source} for lb in loaded},
     }
-    report = EvalReport(labels, names, {label: {} for label in labels}, settings, out_dir)
+    report = EvalReport(
+        labels, [lb.bench.name for lb in loaded], {label: {} for label in labels}, settings, out_dir
+    )
 
-    from p2o.evaluation.report import write_report
-
+    open_kwargs = {
+        "backend": backend,
+        "server": server,
+        "api_key": api_key,
+        "seed": seed,
+        "batch_size": batch_size,
+        "num_threads": num_threads,
+        "vllm_kwargs": vllm_kwargs,
+    }
+    run_kwargs = {
+        "n": n,
+        "temperature": temperature,
+        "top_p": top_p,
+        "max_tokens": max_tokens,
+        "call": call,
+        "seed": seed,
+        "pass_k": pass_k,
+        "num_threads": num_threads,
+        "chat_template_kwargs": chat_template_kwargs,
+    }
     with _progress_bar(progress) as bar:
         for label, model in plan:
-            generator: Generator | None = None
-            model_error: str | None = None
-            if isinstance(model, str):
-                try:
-                    generator = open_generator(
-                        model,
-                        label,
-                        backend=backend,
-                        server=server,
-                        api_key=api_key,
-                        seed=seed,
-                        batch_size=batch_size,
-                        num_threads=num_threads,
-                        vllm_kwargs=vllm_kwargs,
-                    )
-                except (GenerationError, ImportError, OSError, ValueError) as e:
-                    model_error = f"model could not be loaded: {e}"
-            else:
-                generator = model
-            for lb in loaded:
-                if lb.error or model_error:
-                    report.results[label][lb.bench.name] = BenchmarkResult(
-                        label, lb.bench.name, error=lb.error or model_error, source=lb.source
-                    )
-                    continue
-                assert generator is not None and lb.task is not None
-                result, rows = _run_one(
-                    generator,
-                    label,
-                    lb,
-                    n=n,
-                    temperature=temperature,
-                    top_p=top_p,
-                    max_tokens=max_tokens,
-                    call=call,
-                    seed=seed,
-                    pass_k=pass_k,
-                    num_threads=num_threads,
-                    chat_template_kwargs=chat_template_kwargs,
-                    bar=bar,
-                )
-                report.results[label][lb.bench.name] = result
-                if out_dir is not None and rows:
-                    _write_jsonl(out_dir / label / f"{lb.bench.name}.jsonl", rows)
-                if out_dir is not None:
-                    write_report(report, out_dir, final=False)
-            if generator is not None and isinstance(model, str):
-                generator.close()
+            _evaluate_model(report, label, model, loaded, bar, open_kwargs, run_kwargs)
     if out_dir is not None:
+        from p2o.evaluation.report import write_report
+
         write_report(report, out_dir, final=True)
     return report
+
+
+def _label_models(model_list: list[Any]) -> list[tuple[str, str | Generator]]:
+    """(label, model) per model: a ready generator keeps its label, a path or id gets `model_labels`'."""
+    specs = [m for m in model_list if not hasattr(m, "generate")]
+    labelled = iter(model_labels([str(m) for m in specs]))
+    return [(m.label, m) if hasattr(m, "generate") else next(labelled) for m in model_list]
+
+
+def _open_model(
+    model: str | Generator, label: str, open_kwargs: dict[str, Any]
+) -> tuple[Generator | None, str | None]:
+    """(generator, None), or (None, why) for a model that cannot be loaded."""
+    if not isinstance(model, str):
+        return model, None
+    try:
+        return open_generator(model, label, **open_kwargs), None
+    except (GenerationError, ImportError, OSError, ValueError) as e:
+        return None, f"model could not be loaded: {e}"
+
+
+def _evaluate_model(
+    report: EvalReport,
+    label: str,
+    model: str | Generator,
+    loaded: list[_Loaded],
+    bar: Any,
+    open_kwargs: dict[str, Any],
+    run_kwargs: dict[str, Any],
+) -> None:
+    """One model on every benchmark into `report`; with an output folder, each benchmark's rows and
+    the summary are written as soon as it is done. A generator opened here is closed after."""
+    from p2o.evaluation.report import write_report
+
+    out_dir = report.output_dir
+    generator, model_error = _open_model(model, label, open_kwargs)
+    for lb in loaded:
+        if lb.error or model_error:
+            report.results[label][lb.bench.name] = BenchmarkResult(
+                label, lb.bench.name, error=lb.error or model_error, source=lb.source
+            )
+            continue
+        assert generator is not None and lb.task is not None
+        result, rows = _run_one(generator, label, lb, bar=bar, **run_kwargs)
+        report.results[label][lb.bench.name] = result
+        if out_dir is not None and rows:
+            _write_jsonl(out_dir / label / f"{lb.bench.name}.jsonl", rows)
+        if out_dir is not None:
+            write_report(report, out_dir, final=False)
+    if generator is not None and isinstance(model, str):
+        generator.close()
 
 
 def _bench_specs(benchmarks: Any) -> list[str | Benchmark]:

@@ -92,36 +92,38 @@ def _count_rows(script_args: P2OScriptArguments) -> int | None:
     return rows
 
 
-def plan(script_args: P2OScriptArguments, config: P2OConfig) -> dict[str, Any]:
-    """What a run will do, resolved without loading a model."""
-    phases = config.max_phases != 0
-    server = config.policy_server
-    if server == "auto":
-        server = "vllm (server mode, weights synced)" if config.use_vllm else "transformers serve (loopback)"
-    k = config.num_generations
-    world = config.world_size
-    gen_prompts = config.generation_batch_size // k
-    step_prompts = config.per_device_train_batch_size * world * config.gradient_accumulation_steps / k
+def _policy_server(config: P2OConfig) -> str:
+    if config.policy_server == "auto":
+        return "vllm (server mode, weights synced)" if config.use_vllm else "transformers serve (loopback)"
+    return config.policy_server
+
+
+def _steps(script_args: P2OScriptArguments, config: P2OConfig, gen_prompts: int) -> str:
+    """How many optimizer steps: max_steps, or counted from a local file's rows, or the epochs."""
     steps_per_gen = config.steps_per_generation // config.gradient_accumulation_steps
     rows = _count_rows(script_args)
     if config.max_steps > 0:
-        steps = f"{config.max_steps} (max_steps)"
-    elif rows is not None:
+        return f"{config.max_steps} (max_steps)"
+    if rows is not None:
         per_epoch = rows // gen_prompts * steps_per_gen
-        steps = f"{per_epoch * math.ceil(config.num_train_epochs)} ({rows} rows: {per_epoch} per epoch)"
-    else:
-        steps = f"{config.num_train_epochs:g} epochs (dataset not counted)"
+        return f"{per_epoch * math.ceil(config.num_train_epochs)} ({rows} rows: {per_epoch} per epoch)"
+    return f"{config.num_train_epochs:g} epochs (dataset not counted)"
+
+
+def _phase_count(config: P2OConfig, phases: bool) -> str:
     if not phases:
-        n_phases = "none"
-    elif config.phase_every_steps:
+        return "none"
+    if config.phase_every_steps:
         n_phases = f"every {config.phase_every_steps} steps"
     else:
         n_phases = f"end of each of {math.ceil(config.num_train_epochs)} epochs"
-    if phases and config.max_phases is not None:
+    if config.max_phases is not None:
         n_phases += f", at most {config.max_phases}"
-    from p2o.policy import vllm_server_url
+    return n_phases
 
-    vllm_url = vllm_server_url(config)
+
+def _servers(config: P2OConfig, phases: bool, server: str, vllm_url: str) -> list[str]:
+    """The servers the run needs, and who starts each."""
     servers = []
     if config.use_vllm and config.vllm_mode == "server":
         servers.append(f"vLLM at {vllm_url}: start it first (trl vllm-serve --model <model>)")
@@ -129,11 +131,28 @@ def plan(script_args: P2OScriptArguments, config: P2OConfig) -> dict[str, Any]:
         servers.append(f"policy server for phases: {server}, launched by p2o")
     if phases and config.reflection == "initial":
         servers.append("initial policy (reflection): transformers serve, launched by p2o for each phase")
-    reflection = {"initial": "the frozen initial policy (Self-Ref)", "self": "the live policy"}.get(
+    return servers
+
+
+def _reflection_model(config: P2OConfig) -> str:
+    if config.reflection.startswith("teacher:"):
+        return f"{config.reflection[8:]} via LiteLLM (Teacher-Ref; key from the environment)"
+    return {"initial": "the frozen initial policy (Self-Ref)", "self": "the live policy"}.get(
         config.reflection, config.reflection
     )
-    if config.reflection.startswith("teacher:"):
-        reflection = f"{config.reflection[8:]} via LiteLLM (Teacher-Ref; key from the environment)"
+
+
+def plan(script_args: P2OScriptArguments, config: P2OConfig) -> dict[str, Any]:
+    """What a run will do, resolved without loading a model."""
+    from p2o.policy import vllm_server_url
+
+    phases = config.max_phases != 0
+    server = _policy_server(config)
+    vllm_url = vllm_server_url(config)
+    k = config.num_generations
+    world = config.world_size
+    gen_prompts = config.generation_batch_size // k
+    step_prompts = config.per_device_train_batch_size * world * config.gradient_accumulation_steps / k
     out = {
         "task": script_args.task,
         "model": script_args.model_name_or_path or "(task default)",
@@ -149,20 +168,20 @@ def plan(script_args: P2OScriptArguments, config: P2OConfig) -> dict[str, Any]:
         "batch": f"{gen_prompts} prompts x K per generation batch; {step_prompts:.3g} prompts per optimizer step "
         f"({config.per_device_train_batch_size} x {world} processes x {config.gradient_accumulation_steps} "
         "accumulation)",
-        "steps": steps,
+        "steps": _steps(script_args, config, gen_prompts),
         "phase_schedule": f"every {config.phase_every_steps} steps"
         if config.phase_every_steps
         else "end of each epoch",
-        "phases": n_phases,
+        "phases": _phase_count(config, phases),
         "max_phases": config.max_phases,
         "min_hard_samples": config.min_hard_samples,
         "reflection": config.reflection,
-        "reflection_model": reflection if phases else "none",
+        "reflection_model": _reflection_model(config) if phases else "none",
         "program": config.program,
         "meta_prompt": config.meta_prompt,
         "gepa_max_metric_calls": config.gepa_max_metric_calls,
         "policy_server": server if phases else "none",
-        "servers": servers or ["none"],
+        "servers": _servers(config, phases, server, vllm_url) or ["none"],
         "generation": "vLLM" if config.use_vllm else "in-process (transformers)",
         "distill": config.distill,
         "crm": f"[{config.crm_low}, {config.crm_high}]" if config.crm else "off",
@@ -200,8 +219,9 @@ def run(argv: list[str]) -> int:
                 from p2o.tasks.data import task_samples
 
                 report_loaded(task_samples(task, source, **data_options(script_args)), "dry run: ")
-        print_plan(plan(script_args, config))
-        print(json.dumps(plan(script_args, config)))
+        p = plan(script_args, config)
+        print_plan(p)
+        print(json.dumps(p))
         return 0
 
     from p2o.tasks.data import to_dataset
