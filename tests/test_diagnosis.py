@@ -187,3 +187,18 @@ def test_round_lifetime_recipe_key_reaches_the_config(tmp_path):
         "p2o_teacher", load_recipe(find_recipe("toy_p2o")), 3, Path(tmp_path), {"template_lifetime": "round"}
     )
     assert cfg.template_lifetime == "round" and cfg.seed == 3 and cfg.reflection == "toy-teacher"
+
+
+def test_toy_rules_reads_which_rule_each_operator_answers(tmp_path, capsys):
+    from p2o.toy import ensure_toy_model
+    from p2o.toy.answers import answer_rules
+    from p2o.toy.cli import main
+
+    model = ensure_toy_model(seed=0, output=tmp_path / "toy", preset="tiny")
+    table = answer_rules(model, seed=0, n_test=30)
+    assert len(table) == 9 and {g.split()[0] for g in table} == {"easy", "familiar", "hard"}
+    assert all(0.0 < v <= 1.0 for fracs in table.values() for v in fracs.values())
+    assert main(["rules", "--model", str(model), "--n_test", "30", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == table
+    assert main(["rules", "--model", str(tmp_path / "nothing")]) == 2
+    assert "no policy there" in capsys.readouterr().err

@@ -3,6 +3,7 @@
 p2o toy build --output_dir DIR [--seed N] [--force] [--preset default|tiny] [--steps N] [--no_cache]
 p2o toy world [--seed N] [--problems N]
 p2o toy report DIR
+p2o toy rules --model DIR [--seed N] [--n_test N]
 
 Flags take underscores or dashes (`--output_dir`, `--output-dir`; `--output` also works), and
 `--config FILE` reads a subcommand's options from YAML (`p2o.cliutil`).
@@ -82,7 +83,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("report", help="Print the figures of a build directory's report.json.")
     r.add_argument("path", help="A directory written by `p2o toy build`.")
+
+    q = sub.add_parser(
+        "rules",
+        help="Which rule a policy's greedy answers follow, operator by operator (held-out problems).",
+    )
+    q.add_argument("--model", required=True, help="A policy directory (a toy build or a trained final/).")
+    q.add_argument("--seed", type=int, default=0, help="The world the policy lives in.")
+    q.add_argument("--n_test", type=int, default=600, help="Held-out problems per kind (hard, easy).")
+    q.add_argument("--json", action="store_true", help="Print JSON instead of a table.")
     return parser
+
+
+def _rules(args: argparse.Namespace) -> int:
+    from p2o.toy.answers import RULE_ORDER, answer_rules
+
+    if not (Path(args.model) / "config.json").is_file():
+        print(f"p2o toy rules: --model {args.model}: no policy there (config.json missing)", file=sys.stderr)
+        return 2
+    table = answer_rules(args.model, args.seed, args.n_test)
+    if args.json:
+        print(json.dumps(table, indent=2, ensure_ascii=False))
+        return 0
+    print(f"{'operator':24s} " + " ".join(f"{r:>7s}" for r in RULE_ORDER))
+    for label, fracs in table.items():
+        print(f"{label:24s} " + " ".join(f"{fracs.get(r, 0.0):7.3f}" for r in RULE_ORDER))
+    return 0
 
 
 def _print_report(report: dict, path: Path) -> None:
@@ -168,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     from p2o.cliutil import parse_args
 
     args = parse_args(build_parser(), argv)
-    return {"build": _build, "world": _world, "report": _report}[args.cmd](args)
+    return {"build": _build, "world": _world, "report": _report, "rules": _rules}[args.cmd](args)
 
 
 if __name__ == "__main__":
