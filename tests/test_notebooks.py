@@ -70,7 +70,7 @@ def test_notebook_runs_at_smoke_size(path, tmp_path, monkeypatch):
 
     if path.name == "quickstart.ipynb":
         saved = json.loads((out / "results.json").read_text())
-        assert saved["methods"].keys() == {"grpo", "p2o_teacher"}
+        assert saved["methods"].keys() == {"grpo", "grpo_2k", "p2o_teacher"}
         assert "| p2o_teacher |" in _outputs(nb, "text/markdown")  # results.md shown as Markdown
         assert _outputs(nb, "image/png")  # curves.png shown
         printed = _outputs(nb, "stream")
