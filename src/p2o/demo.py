@@ -68,7 +68,17 @@ def load_recipe(path: Path) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------- console
 
 
-class MethodLine:
+class QuietCallback:
+    """A trainer callback that ignores every event it does not define (transformers calls each
+    `on_*` by name; importing its `TrainerCallback` here would load transformers for `--help`)."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("on_"):
+            return lambda *a, **k: None
+        raise AttributeError(name)
+
+
+class MethodLine(QuietCallback):
     """One live console line for a method's run, fed by the trainer's callbacks and phase events."""
 
     def __init__(self, console: Any, name: str, max_steps: int):
@@ -143,11 +153,6 @@ class MethodLine:
         else:
             self.event = ""
         self.refresh()
-
-    def __getattr__(self, name: str) -> Any:  # the other TrainerCallback events: nothing to do
-        if name.startswith("on_"):
-            return lambda *a, **k: None
-        raise AttributeError(name)
 
 
 @contextlib.contextmanager
@@ -229,7 +234,7 @@ def run_method(
         train_dataset=to_dataset(task, samples),
         samples={s.sample_id: s for s in samples},
         enable_phases=config.max_phases != 0,
-        callbacks=[line, LogFile(out / name / "log.jsonl")] if line else [LogFile(out / name / "log.jsonl")],
+        callbacks=[cb for cb in (line, LogFile(out / name / "log.jsonl")) if cb is not None],
     )
     for cb in (PrinterCallback, ProgressCallback):  # the metric dicts go to log.jsonl instead
         trainer.remove_callback(cb)
@@ -287,7 +292,7 @@ def merged_groups(point: dict[str, Any]) -> dict[str, float]:
     return dict(sorted(out.items()))
 
 
-class LogFile:
+class LogFile(QuietCallback):
     """TRL's log dicts, one JSON line each (what `PrinterCallback` would print)."""
 
     def __init__(self, path: Path):
@@ -297,11 +302,6 @@ class LogFile:
         if logs:
             with self.path.open("a") as f:
                 f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
-
-    def __getattr__(self, name: str) -> Any:  # the other TrainerCallback events: nothing to do
-        if name.startswith("on_"):
-            return lambda *a, **k: None
-        raise AttributeError(name)
 
 
 # ---------------------------------------------------------------------------------------- a world
@@ -580,9 +580,8 @@ def run_demo(
         worlds[seed] = run_world(
             methods, seed, out / f"seed-{seed}", recipe, recipe_path, overrides, model, console
         )
-        summary = summarize(worlds)
+        summary = summarize(worlds)  # after each world: a crash keeps the worlds done
         write_json_atomic(out / "results.json", {"seeds": list(worlds), "summary": summary, "worlds": worlds})
-    summary = summarize(worlds)
     results = {
         "seeds": seeds,
         "recipe": str(recipe_path),
