@@ -202,3 +202,42 @@ def test_toy_rules_reads_which_rule_each_operator_answers(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out) == table
     assert main(["rules", "--model", str(tmp_path / "nothing")]) == 2
     assert "no policy there" in capsys.readouterr().err
+
+
+def test_demo_says_failed_phases_and_exits_1_when_too_few_finished(tmp_path, monkeypatch, capfd):
+    """A P²O method whose phases failed trained as GRPO: the demo names the rounds and exits 1."""
+    import p2o.demo as demo
+    from p2o.train.cli import phase_totals
+
+    rounds = [
+        {"round": 1, "global_step": 32, "status": "failed", "error": "TimeoutError: [teacher] slow"},
+        {"round": 2, "global_step": 64, "status": "skipped"},
+    ]
+
+    def fake_run_method(name, recipe, seed, out, model, overrides, line=None):
+        row = world(0.0, 0.0, 1.0, 1.0)["methods"]["grpo"]
+        row.update(zero_std_frac=None, gepa_metric_calls=0, rounds=rounds, steps=64, timings={})
+        row["phases"] = phase_totals(rounds if name == "p2o_teacher" else [])
+        cfg = demo.method_config(name, recipe, seed, out, overrides)
+        from p2o.train.cli import phase_shortfall
+
+        row["phase_shortfall"] = phase_shortfall(row["phases"], cfg)
+        return row
+
+    monkeypatch.setattr(demo, "run_method", fake_run_method)
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    code = demo.main(
+        ["--methods", "grpo,p2o_teacher", "--model", str(model), "--output-dir", str(tmp_path / "o")]
+    )
+    err = " ".join(capfd.readouterr().err.split())  # the console wraps long lines
+    assert code == 1
+    assert "p2o_teacher: round 1 (step 32) failed: TimeoutError: [teacher] slow" in err
+    assert "0 of 1 phases finished, fewer than min_phase_success=0.5" in err
+    assert "too few phases finished in world 0 p2o_teacher" in err
+    saved = json.loads((tmp_path / "o/results.json").read_text())  # the results are still written
+    assert (
+        saved["methods"]["p2o_teacher"]["phase_shortfall"]
+        and saved["methods"]["grpo"]["phase_shortfall"] is None
+    )

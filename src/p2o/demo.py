@@ -16,7 +16,9 @@ gets its own folder (`seed-N/`, laid out as a one-world demo) and the top folder
 worlds: mean, min and max per method, and the demo's targets checked world by world.
 
 The console shows one live line per method; everything a run prints (TRL's metric dicts, warnings,
-the phase's progress) goes to `<world>/<method>/console.log`. Flags take underscores or dashes, and
+the phase's progress) goes to `<world>/<method>/console.log`. A failed phase is named on the console,
+and a P²O method whose phases fell short of `min_phase_success` (as `p2o train` judges it) makes the
+demo exit 1 after every result is written: such a method trained as GRPO. Flags take underscores or dashes, and
 `--config FILE` reads them from YAML (`p2o.cliutil`); the training recipe is `--recipe`.
 """
 
@@ -247,7 +249,12 @@ def run_method(
         if trainer._policy_server is not None:
             trainer._policy_server.stop()
     seconds = time.perf_counter() - t0
-    return method_row(trainer, seconds)
+    from p2o.train.cli import phase_shortfall, phase_totals
+
+    row = method_row(trainer, seconds)
+    row["phases"] = phase_totals(trainer.rounds)
+    row["phase_shortfall"] = phase_shortfall(row["phases"], config)
+    return row
 
 
 def method_row(trainer: Any, seconds: float) -> dict[str, Any]:
@@ -318,6 +325,8 @@ def run_world(
     console: Any,
 ) -> dict[str, Any]:
     """Every method on one world; writes `out/results.json`, `results.md`, `curves.png`."""
+    from rich.markup import escape
+
     out.mkdir(parents=True, exist_ok=True)
     from p2o.toy import ensure_toy_model
 
@@ -341,6 +350,12 @@ def run_world(
             row = run_method(name, recipe, seed, out, model, overrides, line)
         if not console.is_terminal:  # a live display ends its last line only on a terminal
             console.line()
+        for r in row["phases"]["failed_rounds"]:  # a failed phase is said, not only counted
+            console.print(
+                f"[red]{name}: round {r['round']} (step {r['step']}) failed:[/] {escape(str(r['error']))}"
+            )
+        if row["phase_shortfall"]:
+            console.print(f"[red]{name}: {row['phase_shortfall']}[/]")
         results["methods"][name] = row
         results["steps"] = row["steps"]
         write_json_atomic(out / "results.json", results)  # after each method: a crash keeps them
@@ -691,7 +706,19 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"recipe {recipe} with --set {', '.join(args.set) or '(none)'}: {e}")
 
     def demo() -> int:
-        run_demo(methods, seeds, Path(args.output_dir), recipe, overrides, args.model)
+        results = run_demo(methods, seeds, Path(args.output_dir), recipe, overrides, args.model)
+        worlds = results.get("worlds") or {results["seed"]: results}
+        short = [
+            f"world {seed} {name}"
+            for seed, world in worlds.items()
+            for name, row in world["methods"].items()
+            if row.get("phase_shortfall")
+        ]
+        if short:  # the results are written, but a P²O method that ran as GRPO is no result
+            print(
+                f"p2o demo: error: too few phases finished in {', '.join(short)} (see above)", file=sys.stderr
+            )
+            return 1
         return 0
 
     return report_errors("p2o demo", demo)

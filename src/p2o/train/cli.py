@@ -369,6 +369,17 @@ def write_summary(
     return summary
 
 
+def phase_shortfall(phases: dict[str, Any], config: P2OConfig) -> str | None:
+    """Why a run's phases fell short of `min_phase_success` (`phase_totals`), or None when they did not."""
+    attempted = phases["done"] + phases["failed"]
+    if config.max_phases == 0 or attempted == 0 or phases["done"] / attempted >= config.min_phase_success:
+        return None
+    return (
+        f"{phases['done']} of {attempted} phases finished, fewer than min_phase_success="
+        f"{config.min_phase_success:g}: this run did not do what P²O does"
+    )
+
+
 def report_phases(phases: dict[str, Any], config: P2OConfig) -> int:
     """The run's last lines about its phases; 1 when too few of those attempted finished."""
     if config.max_phases == 0:
@@ -392,12 +403,9 @@ def report_phases(phases: dict[str, Any], config: P2OConfig) -> int:
                 file=sys.stderr,
             )
         return 0
-    if phases["done"] / attempted < config.min_phase_success:
-        print(
-            f"p2o train: error: {phases['done']} of {attempted} phases finished, fewer than min_phase_success="
-            f"{config.min_phase_success:g}: this run did not do what P²O does",
-            file=sys.stderr,
-        )
+    shortfall = phase_shortfall(phases, config)
+    if shortfall:
+        print(f"p2o train: error: {shortfall}", file=sys.stderr)
         return 1
     return 0
 
