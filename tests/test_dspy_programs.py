@@ -247,24 +247,7 @@ def test_chain_of_thought_fills_the_answer_with_the_whole_completion(tmp_path):
 
 
 def test_demos_are_rendered_into_the_template_as_worked_examples(tmp_path):
-    prog = load_program(
-        _program_file(
-            tmp_path,
-            "demos",
-            """
-            class P(dspy.Module):
-                def __init__(self):
-                    super().__init__()
-                    self.solve = dspy.Predict("problem -> completion")
-                    self.solve.demos = [dspy.Example(problem="1 + 1", completion="2")]
-
-                def forward(self, problem):
-                    return self.solve(problem=problem)
-
-            program = P
-            """,
-        )
-    )
+    prog = _demos_program(tmp_path)
     z = prog.template("Add.")
     assert z == "Add.\n\nWorked examples:\n\nExample 1\nProblem: 1 + 1\nCompletion: 2"
     lm = _RecordingLM()
