@@ -268,3 +268,34 @@ def test_initial_reflection_runs_the_frozen_checkpoint_on_its_own_server(
         initial.close()
         live.close()
     assert not initial.server.running and tiny_policy_server.running
+
+
+def test_phase_stops_when_every_dev_sample_is_perfect(first_word_world, tiny_policy_server, tmp_path):
+    """`gepa_stop_when_dev_perfect`: GEPA ends once the unlocking template solves every dev sample,
+    far inside a budget it would otherwise spend on proposals that cannot improve anything."""
+    world = first_word_world
+    out = tmp_path / "phase"
+    cfg = make_config(out, gepa_max_metric_calls=400, gepa_stop_when_dev_perfect=True)
+    result = run_phase(
+        cfg,
+        world.task,
+        world.samples,
+        tiny_policy_server,
+        out,
+        reflection_lm=ScriptedReflector(world.template),
+    )
+    stats = result.stats
+    assert stats["status"] == "complete" and stats["dev_solved_frac_after"] == 1.0
+    assert stats["stopped_dev_perfect"] is True
+    assert stats["metric_calls"] <= 3 * stats["dev_size"] + 2 * cfg.gepa_reflection_minibatch_size
+
+
+def test_dev_perfect_stop_condition():
+    from types import SimpleNamespace
+
+    from p2o.evolve.phase import DevPerfect
+
+    stop = DevPerfect()
+    assert not stop(SimpleNamespace(pareto_front_valset={}))
+    assert not stop(SimpleNamespace(pareto_front_valset={"a": 1.0, "b": 0.5}))
+    assert stop(SimpleNamespace(pareto_front_valset={"a": 1.0, "b": 1.0})) and stop.fired

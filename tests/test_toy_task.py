@@ -25,6 +25,11 @@ def test_a_default_build_that_did_not_learn_its_world_is_refused(tmp_path):
     assert B.unlearned(good, default) == []
     assert B.unlearned(bad, default) == ["instructed_acc 0.545 < 0.9"]
     assert B.unlearned(bad, tiny) == []  # reduced builds are not expected to learn
+    leaky = {"instructed_acc": 0.99, "easy_acc": 1.0, "hard_acc": 0.0375}
+    assert B.unlearned(leaky, default) == [
+        "hard_acc 0.037 > 0.01: its hard operators leak, and plain GRPO could learn them"
+    ]
+    assert B.unlearned({**leaky, "hard_acc": 0.01}, default) == []
     B.check_learned(B.BuildResult(Path("x"), good, False), 0, default)
     with pytest.raises(B.ToyBuildError, match=r"seed 3 .*instructed_acc 0.545 < 0.9.*--steps 2000"):
         B.check_learned(B.BuildResult(Path("x"), bad, True), 3, default)

@@ -17,7 +17,7 @@ hard_max_successes, min_hard_samples
 phase_every_steps, max_phases, phase_after_last_step
 
 > Prompt evolution (GEPA)
-program, dev_max_size, gepa_max_metric_calls, gepa_reflection_minibatch_size,
+program, dev_max_size, gepa_max_metric_calls, gepa_stop_when_dev_perfect, gepa_reflection_minibatch_size,
 gepa_candidate_selection, gepa_samples_per_item, gepa_temperature, gepa_max_tokens, gepa_num_threads,
 feedback_include_gold, proposal_max_chars, assign_score_all
 
@@ -250,6 +250,13 @@ class P2OConfig(GRPOConfig):
     )
     gepa_max_metric_calls: int = field(
         default=2000, metadata={"help": "GEPA budget: policy evaluations (one per sample per candidate)."}
+    )
+    gepa_stop_when_dev_perfect: bool = field(
+        default=False,
+        metadata={
+            "help": "Stop GEPA before its budget once every dev sample has a candidate with a perfect score "
+            "(nothing left to find on dev). False runs the whole budget, as the paper does."
+        },
     )
     gepa_reflection_minibatch_size: int = field(
         default=3, metadata={"help": "Hard samples shown to the reflection model per proposal."}

@@ -327,6 +327,18 @@ def _adapter(
     return adapter
 
 
+class DevPerfect:
+    """GEPA stop condition (`gepa_stop_when_dev_perfect`): every dev sample has a candidate with a
+    perfect score, so more candidates can neither solve nor improve a dev sample."""
+
+    fired = False
+
+    def __call__(self, state: Any) -> bool:
+        front = getattr(state, "pareto_front_valset", None) or {}
+        self.fired = bool(front) and min(front.values()) >= 1.0
+        return self.fired
+
+
 def _optimize(
     config: Any,
     program: TemplateProgram,
@@ -338,6 +350,8 @@ def _optimize(
 ) -> Any:
     """`gepa.optimize` as the module docstring's step 2 describes it; GEPA's result."""
     import gepa
+
+    dev_perfect = DevPerfect()
 
     return gepa.optimize(
         seed_candidate={program.predictor_name: program.seed},
@@ -351,7 +365,8 @@ def _optimize(
         logger=_FileLogger(run_dir / "gepa_log.txt"),
         callbacks=[bar],
         # gepa swallows what propose_new_texts raises: stop on what the adapter recorded.
-        stop_callbacks=[lambda _state: adapter.fatal is not None],
+        stop_callbacks=[lambda _state: adapter.fatal is not None]
+        + ([dev_perfect] if config.gepa_stop_when_dev_perfect else []),
         seed=config.seed,
         perfect_score=1.0,
         skip_perfect_score=True,
@@ -685,6 +700,10 @@ def _phase_stats(
         "best_single": {"id": best, "dev_solved_frac": len(solved[best]) / n_dev, "mean": means[best]},
         "metric_calls": result.total_metric_calls,
         "budget": config.gepa_max_metric_calls,
+        # `gepa_stop_when_dev_perfect` ended GEPA before its budget
+        "stopped_dev_perfect": bool(
+            config.gepa_stop_when_dev_perfect and result.total_metric_calls < config.gepa_max_metric_calls
+        ),
         "assign_metric_calls": sum(len(v) for v in train_scores.values()),
         "train_solved_frac": (
             len(set().union(*solved_sets(train_scores).values())) / max(1, len(hard_ids) - n_dev)
