@@ -33,3 +33,11 @@ def test_a_default_build_that_did_not_learn_its_world_is_refused(tmp_path):
     B.check_learned(B.BuildResult(Path("x"), good, False), 0, default)
     with pytest.raises(B.ToyBuildError, match=r"seed 3 .*instructed_acc 0.545 < 0.9.*--steps 2000"):
         B.check_learned(B.BuildResult(Path("x"), bad, True), 3, default)
+
+
+def test_build_fingerprint_ignores_comments_docstrings_and_formatting():
+    a = '"""Module."""\n\ndef f(x):\n    """Doc."""\n    return x + 1  # one\n'
+    b = "def f(x):\n    # another comment\n    return (x +\n            1)\n"
+    assert B.code_of(a) == B.code_of(b)
+    assert B.code_of(a) != B.code_of(a.replace("x + 1", "x + 2"))
+    assert B.code_of('def f():\n    """Only a docstring."""\n') == B.code_of("def f():\n    pass\n")

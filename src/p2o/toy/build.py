@@ -122,8 +122,27 @@ def _code_version() -> str:
     h = hashlib.sha256()
     here = Path(__file__).parent
     for name in ("world.py", "model.py", "build.py", "measure.py"):
-        h.update((here / name).read_bytes())
+        h.update(code_of((here / name).read_text(encoding="utf-8")).encode())
     return h.hexdigest()[:16]
+
+
+def code_of(source: str) -> str:
+    """A module's syntax tree without its docstrings: comments, docstrings and formatting do not
+    change it, so editing them leaves the cached builds valid."""
+    import ast
+
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (
+            isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree)
 
 
 def fingerprint(seed: int, settings: BuildSettings) -> str:
@@ -584,7 +603,9 @@ def unlearned(report: dict[str, Any], settings: BuildSettings) -> list[str]:
     ]
     leak = report.get("hard_acc")
     if isinstance(leak, float | int) and leak > LEAK_MAX:
-        short.append(f"hard_acc {leak:.3f} > {LEAK_MAX}: its hard operators leak, and plain GRPO could learn them")
+        short.append(
+            f"hard_acc {leak:.3f} > {LEAK_MAX}: its hard operators leak, and plain GRPO could learn them"
+        )
     return short
 
 
