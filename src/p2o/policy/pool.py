@@ -1,6 +1,6 @@
-"""`thread_map`: one function over many items on a thread pool, the way every rollout and verdict
-loop in p2o runs (K rollouts of a sample from the policy server, a benchmark's completions through
-the verifier).
+"""`thread_map`: one function over many items on a thread pool, as p2o rolls out and scores: K
+rollouts of each sample from the policy server (mining, a GEPA phase, a served benchmark), a
+benchmark's completions through its verifier.
 
 Results come back in the items' order whatever order the threads finish in. The error policy is one
 argument, `on_error`:
