@@ -15,14 +15,13 @@ sampling with optional top-p (no top-k), as the paper's evaluation and vLLM's de
 
 from __future__ import annotations
 
-import contextlib
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from p2o.policy.pool import thread_map
 from p2o.tasks.base import Messages
 
 Progress = Callable[[int], None]  # called with the number of completions just finished
@@ -358,24 +357,15 @@ class ServerGenerator:
     def _fan_out(
         self, one: Callable[[int], Generation], count: int, n: int, progress: Progress | None
     ) -> list[list[Generation]]:
-        """`one(i)` n times for each of `count` prompts, from the thread pool, in order."""
+        """`one(i)` n times for each of `count` prompts, from the thread pool, in order. The first
+        server error stops the benchmark with its message."""
         lock = threading.Lock()
-        out: list[list[Generation | None]] = [[None] * n for _ in range(count)]
 
-        def run(i: int, j: int) -> None:
-            out[i][j] = one(i)
+        def run(i: int) -> Generation:
+            g = one(i)
             if progress is not None:
                 with lock:
                     progress(1)
+            return g
 
-        with ThreadPoolExecutor(self.num_threads) as pool:
-            futures = [pool.submit(run, i, j) for i in range(count) for j in range(n)]
-            try:
-                for f in futures:
-                    f.result()  # the first server error stops the benchmark with its message
-            except BaseException:
-                for f in futures:
-                    with contextlib.suppress(Exception):
-                        f.cancel()
-                raise
-        return [[g for g in row if g is not None] for row in out]
+        return thread_map(run, range(count), threads=self.num_threads, repeat=n)

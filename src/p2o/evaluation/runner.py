@@ -19,7 +19,6 @@ import dataclasses
 import re
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,6 +34,7 @@ from p2o.evaluation.generation import (
 )
 from p2o.evaluation.metrics import avg_at_n, mean_pass_at_k, parse_ks
 from p2o.files import write_jsonl_atomic
+from p2o.policy.pool import thread_map
 from p2o.tasks.base import Sample, Task, Verdict
 from p2o.tasks.benchmarks import (
     PAPER_BENCHMARKS,
@@ -527,18 +527,18 @@ def _score(
     if len(gens) != len(samples):
         raise GenerationError(f"the backend returned {len(gens)} prompts' completions for {len(samples)}")
 
-    def one(args: tuple[str, str]) -> Verdict:
-        completion, reference = args
-        try:
-            v = task.verifier(completion, reference)
-        except Exception as e:  # a verifier must not raise; if it does, score 0 and say why
-            v = Verdict(0.0, f"The verifier raised {type(e).__name__}: {e}")
-        tick()
-        return v
+    def failed(job: tuple[str, str], e: Exception) -> Verdict:  # a verifier must not raise: score 0, say why
+        return Verdict(0.0, f"The verifier raised {type(e).__name__}: {e}")
 
     jobs = [(g.text, s.answer) for s, gs in zip(samples, gens, strict=True) for g in gs]
-    with ThreadPoolExecutor(max(1, num_threads)) as pool:
-        flat = list(pool.map(one, jobs))
+    rows = thread_map(
+        lambda job: task.verifier(*job),
+        jobs,
+        threads=num_threads,
+        on_error=failed,
+        on_item=lambda i, _: tick(),
+    )
+    flat = [v for (v,) in rows]
     out, i = [], 0
     for gs in gens:
         out.append(flat[i : i + len(gs)])

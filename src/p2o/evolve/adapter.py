@@ -35,7 +35,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,7 @@ from gepa.core.adapter import EvaluationBatch
 from p2o.evolve.proposals import validate_proposal
 from p2o.evolve.reflection import ReflectionError, Reflector, TransientReflectionError
 from p2o.policy import PolicyClient, PolicyRequestError, PolicyServerError
+from p2o.policy.pool import thread_map
 from p2o.tasks.base import Sample, Task
 from p2o.templates.meta_prompts import MetaPrompt
 from p2o.templates.programs import TemplateAdapter, TemplateProgram
@@ -246,33 +247,26 @@ class PolicyTemplateAdapter:
     def rollout(self, template: str, samples: Sequence[Sample]) -> list[ItemResult]:
         """Roll the policy out on T(x, z) for `samples`, `samples_per_item` times each, concurrently."""
         predictor = self.program.predictor_with(template)
-        k = self.samples_per_item
-        futures = {
-            self._pool.submit(self._one, predictor, s): (i, j)
-            for i, s in enumerate(samples)
-            for j in range(k)
-        }
-        parts: dict[int, dict[int, tuple]] = {i: {} for i in range(len(samples))}
         results: list[ItemResult | None] = [None] * len(samples)
-        pending = set(futures)
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
-            for fut in done:
-                err = fut.exception()
-                if err is not None:
-                    for p in pending:
-                        p.cancel()
-                    raise err
-                i, j = futures[fut]
-                parts[i][j] = fut.result()
-                if len(parts[i]) == k:
-                    results[i] = self._aggregate(samples[i], [parts[i][jj] for jj in range(k)])
-                    self.store.put(template, results[i])
-                    if self.on_item is not None:
-                        self.on_item(1)
+
+        def finished(i: int, rolls: list[tuple]) -> None:  # stored at once: an interrupted phase keeps it
+            results[i] = self._aggregate(samples[i], rolls)
+            self.store.put(template, results[i])
+            if self.on_item is not None:
+                self.on_item(1)
+
+        # A rejected request or a verifier error scores its rollout 0 in `_one`; a server that is
+        # down (PolicyServerError) stops the phase.
+        thread_map(
+            lambda s: self._one(predictor, s),
+            samples,
+            threads=self._pool,
+            repeat=self.samples_per_item,
+            on_item=finished,
+        )
         out = [r for r in results if r is not None]
         all_failed = all(r.error for r in out)
-        if len(futures) >= 2 and all_failed:
+        if len(samples) * self.samples_per_item >= 2 and all_failed:
             raise PolicyServerError(
                 f"every request to the policy server at {self.client.base_url} (model {self.client.model!r}) "
                 f"failed; first error: {out[0].error}"

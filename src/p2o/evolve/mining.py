@@ -8,10 +8,10 @@ for running a phase on its own.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from p2o.policy import PolicyClient, PolicyRequestError
+from p2o.policy.pool import thread_map
 from p2o.tasks.base import Sample, Task
 
 
@@ -48,14 +48,13 @@ def mine_hard_samples(
         except Exception:
             return 0
 
-    counts = {s.sample_id: 0 for s in samples}
-    done = {s.sample_id: 0 for s in samples}
-    with ThreadPoolExecutor(max_workers=num_threads) as pool:
-        futures = [(s, pool.submit(one, s)) for s in samples for _ in range(k)]
-        for s, fut in futures:
-            counts[s.sample_id] += fut.result()
-            done[s.sample_id] += 1
-            if done[s.sample_id] == k and on_sample is not None:
-                on_sample(1)
-    mined = [MinedSample(s, counts[s.sample_id], k) for s in samples]
+    # A failed request or verdict scores 0 in `one`; anything else (the server is down) stops mining.
+    rows = thread_map(
+        one,
+        samples,
+        threads=num_threads,
+        repeat=k,
+        on_item=None if on_sample is None else lambda i, _: on_sample(1),
+    )
+    mined = [MinedSample(s, sum(row), k) for s, row in zip(samples, rows, strict=True)]
     return [m for m in mined if m.successes <= max_successes], mined

@@ -3,7 +3,8 @@
 `PolicyServer` launches and owns `transformers serve` (CPU) or `vllm serve` (GPU) and is pointed at
 successive checkpoints with `use_checkpoint(path)`; `RemotePolicy` talks to a server someone else runs;
 `PolicyClient` sends chat completions and never caches. `open_policy(config, checkpoint, log_dir)`
-picks one from `P2OConfig.policy_server`.
+picks one from `P2OConfig.policy_server`. `p2o.policy.pool.thread_map` is the thread pool that mining, a
+phase's rollouts and evaluation's generation and scoring run on.
 """
 
 from __future__ import annotations

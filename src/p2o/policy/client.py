@@ -331,22 +331,9 @@ class PolicyClient:
         self.usage.add(c, time.perf_counter() - start)
         return c
 
-    def predict(
-        self,
-        predictor: Any,
-        inputs: dict[str, Any],
-        *,
-        adapter: Any,
-        temperature: float = 0.0,
-        max_tokens: int = 512,
-        **extra: Any,
-    ) -> Any:
-        """Run a DSPy predictor (or module) on `inputs` through `adapter` and this server: a DSPy call
-        (history, callbacks and usage tracking work as in any DSPy program). Returns the
-        `dspy.Prediction`; raises as `chat` does."""
-        return self.call(
-            predictor, inputs, adapter=adapter, temperature=temperature, max_tokens=max_tokens, **extra
-        )[0]
+    def predict(self, predictor: Any, inputs: dict[str, Any], **kwargs: Any) -> Any:
+        """`call` with the same arguments, returning only the `dspy.Prediction`."""
+        return self.call(predictor, inputs, **kwargs)[0]
 
     def call(
         self,
@@ -358,9 +345,11 @@ class PolicyClient:
         max_tokens: int = 512,
         **extra: Any,
     ) -> tuple[Any, Completion]:
-        """`predict`, with what the server said about the call: the `Completion` (raw text, finish
+        """Run a DSPy predictor (or module) on `inputs` through `adapter` and this server: a DSPy call
+        (history, callbacks and usage tracking work as in any DSPy program). Returns the
+        `dspy.Prediction` and what the server said about the call: the `Completion` (raw text, finish
         reason, token counts) read from the LM history entry DSPy recorded for it. With DSPy's history
-        off (`disable_history`), only the text is known."""
+        off (`disable_history`), only the text is known. Raises as `chat` does."""
         import dspy
 
         lm = self.lm_for(temperature, max_tokens, **extra)

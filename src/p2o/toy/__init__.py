@@ -11,10 +11,7 @@ See docs/toy.md for the design and the measured figures.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from pathlib import Path
+from typing import Any
 
 __all__ = [
     "ToyTeacher",
@@ -28,21 +25,8 @@ __all__ = [
 ]
 
 
-def ensure_toy_model(
-    seed: int = 0,
-    output: str | Path | None = None,
-    preset: str = "default",
-    progress: bool = True,
-    **overrides: Any,
-) -> Path:
-    """The directory of the built toy policy of `seed` (built on first use, then reused from the cache)."""
-    from p2o.toy.build import ensure_toy_model as _ensure
-
-    return _ensure(seed=seed, output=output, preset=preset, progress=progress, **overrides)
-
-
 def __getattr__(name: str) -> Any:  # keep `import p2o.toy` light: torch/transformers load on use
-    if name in ("build_toy_model", "default_cache_dir"):
+    if name in ("build_toy_model", "default_cache_dir", "ensure_toy_model"):
         from p2o.toy import build
 
         return getattr(build, name)
