@@ -271,31 +271,29 @@ def test_initial_reflection_runs_the_frozen_checkpoint_on_its_own_server(
 
 
 def test_phase_stops_when_every_dev_sample_is_perfect(first_word_world, tiny_policy_server, tmp_path):
-    """`gepa_stop_when_dev_perfect`: GEPA ends once the unlocking template solves every dev sample,
-    far inside a budget it would otherwise spend on proposals that cannot improve anything."""
+    """`gepa_patience`: GEPA ends once the unlocking template solves every dev sample, far inside a
+    budget it would otherwise spend on proposals that cannot improve anything."""
     world = first_word_world
     out = tmp_path / "phase"
-    cfg = make_config(out, gepa_max_metric_calls=400, gepa_stop_when_dev_perfect=True)
-    result = run_phase(
-        cfg,
-        world.task,
-        world.samples,
-        tiny_policy_server,
-        out,
-        reflection_lm=ScriptedReflector(world.template),
-    )
-    stats = result.stats
+    cfg = make_config(out, gepa_max_metric_calls=400, gepa_patience=50)
+    reflector = ScriptedReflector(world.template)
+    stats = run_phase(cfg, world.task, world.samples, tiny_policy_server, out, reflection_lm=reflector).stats
     assert stats["status"] == "complete" and stats["dev_solved_frac_after"] == 1.0
-    assert stats["stopped_dev_perfect"] is True
+    assert stats["stopped"] == "dev_perfect"
     assert stats["metric_calls"] <= 3 * stats["dev_size"] + 2 * cfg.gepa_reflection_minibatch_size
 
 
-def test_dev_perfect_stop_condition():
-    from types import SimpleNamespace
+def test_patience_stops_gepa_when_the_dev_front_stops_rising():
+    from types import SimpleNamespace as S
 
-    from p2o.evolve.phase import DevPerfect
+    from p2o.evolve.phase import Patience
 
-    stop = DevPerfect()
-    assert not stop(SimpleNamespace(pareto_front_valset={}))
-    assert not stop(SimpleNamespace(pareto_front_valset={"a": 1.0, "b": 0.5}))
-    assert stop(SimpleNamespace(pareto_front_valset={"a": 1.0, "b": 1.0})) and stop.fired
+    stop = Patience(2)
+    assert not stop(S(pareto_front_valset={"a": 0.0, "b": 0.0}))  # the seed's front
+    assert not stop(S(pareto_front_valset={"a": 0.0, "b": 0.0}))  # stale 1
+    assert not stop(S(pareto_front_valset={"a": 0.5, "b": 0.0}))  # rose: stale 0
+    assert not stop(S(pareto_front_valset={"a": 0.5, "b": 0.0}))
+    assert stop(S(pareto_front_valset={"a": 0.5, "b": 0.0})) and stop.stopped == "patience"
+    perfect = Patience(100)
+    assert perfect(S(pareto_front_valset={"a": 1.0, "b": 1.0})) and perfect.stopped == "dev_perfect"
+    assert not Patience(1)(S(pareto_front_valset={}))  # no front yet: nothing to judge

@@ -17,7 +17,7 @@ hard_max_successes, min_hard_samples
 phase_every_steps, max_phases, phase_after_last_step
 
 > Prompt evolution (GEPA)
-program, dev_max_size, gepa_max_metric_calls, gepa_stop_when_dev_perfect, gepa_reflection_minibatch_size,
+program, dev_max_size, gepa_max_metric_calls, gepa_patience, gepa_reflection_minibatch_size,
 gepa_candidate_selection, gepa_samples_per_item, gepa_temperature, gepa_max_tokens, gepa_num_threads,
 feedback_include_gold, proposal_max_chars, assign_score_all
 
@@ -251,11 +251,12 @@ class P2OConfig(GRPOConfig):
     gepa_max_metric_calls: int = field(
         default=2000, metadata={"help": "GEPA budget: policy evaluations (one per sample per candidate)."}
     )
-    gepa_stop_when_dev_perfect: bool = field(
-        default=False,
+    gepa_patience: int = field(
+        default=0,
         metadata={
-            "help": "Stop GEPA before its budget once every dev sample has a candidate with a perfect score "
-            "(nothing left to find on dev). False runs the whole budget, as the paper does."
+            "help": "Stop GEPA before its budget after this many iterations in a row in which no dev sample "
+            "got a better score from any candidate (at once when every dev sample has a perfect candidate). "
+            "0 runs the whole budget, as the paper does."
         },
     )
     gepa_reflection_minibatch_size: int = field(
@@ -504,6 +505,7 @@ class P2OConfig(GRPOConfig):
         _check(self.max_phases is None or self.max_phases >= 0, "max_phases", "None or >= 0", self.max_phases)
         _check(self.dev_max_size >= 1, "dev_max_size", ">= 1", self.dev_max_size)
         _check(self.gepa_max_metric_calls >= 1, "gepa_max_metric_calls", ">= 1", self.gepa_max_metric_calls)
+        _check(self.gepa_patience >= 0, "gepa_patience", ">= 0", self.gepa_patience)
         _check(
             self.gepa_reflection_minibatch_size >= 1,
             "gepa_reflection_minibatch_size",

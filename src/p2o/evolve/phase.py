@@ -327,16 +327,30 @@ def _adapter(
     return adapter
 
 
-class DevPerfect:
-    """GEPA stop condition (`gepa_stop_when_dev_perfect`): every dev sample has a candidate with a
-    perfect score, so more candidates can neither solve nor improve a dev sample."""
+class Patience:
+    """GEPA stop condition (`gepa_patience`): `patience` iterations in a row in which the dev Pareto
+    front (each dev sample's best score over the candidates) did not rise, or a front that is
+    perfect on every dev sample (nothing left to improve). `stopped` says which fired."""
 
-    fired = False
+    def __init__(self, patience: int):
+        self.patience = patience
+        self.front: dict[Any, float] = {}
+        self.stale = 0
+        self.stopped: str | None = None
 
     def __call__(self, state: Any) -> bool:
-        front = getattr(state, "pareto_front_valset", None) or {}
-        self.fired = bool(front) and min(front.values()) >= 1.0
-        return self.fired
+        front = dict(getattr(state, "pareto_front_valset", None) or {})
+        if not front:
+            return False
+        if min(front.values()) >= 1.0:
+            self.stopped = "dev_perfect"
+        else:
+            rose = any(v > self.front.get(k, float("-inf")) for k, v in front.items())
+            self.stale = 0 if rose else self.stale + 1
+            if self.stale >= self.patience:
+                self.stopped = "patience"
+        self.front = front
+        return self.stopped is not None
 
 
 def _optimize(
@@ -347,11 +361,10 @@ def _optimize(
     adapter: PolicyTemplateAdapter,
     run_dir: Path,
     bar: _Progress,
+    patience: Patience | None = None,
 ) -> Any:
     """`gepa.optimize` as the module docstring's step 2 describes it; GEPA's result."""
     import gepa
-
-    dev_perfect = DevPerfect()
 
     return gepa.optimize(
         seed_candidate={program.predictor_name: program.seed},
@@ -365,8 +378,7 @@ def _optimize(
         logger=_FileLogger(run_dir / "gepa_log.txt"),
         callbacks=[bar],
         # gepa swallows what propose_new_texts raises: stop on what the adapter recorded.
-        stop_callbacks=[lambda _state: adapter.fatal is not None]
-        + ([dev_perfect] if config.gepa_stop_when_dev_perfect else []),
+        stop_callbacks=[lambda _state: adapter.fatal is not None] + ([patience] if patience else []),
         seed=config.seed,
         perfect_score=1.0,
         skip_perfect_score=True,
@@ -470,12 +482,13 @@ def run_phase(
         client = policy.client(chat_template_kwargs=template_kwargs)
         bar = _Progress(config.gepa_max_metric_calls, progress, len(dev))
         adapter = _adapter(config, prog, task, client, reflector, meta_prompt, run_dir, bar)
+        patience = Patience(config.gepa_patience) if config.gepa_patience else None
 
         # A server or reflection model that fails for good ends GEPA; what it saved last is kept.
         error: Exception | None = None
         train_scores: dict[str, dict[str, float]] = {}
         try:
-            result = _optimize(config, prog, dev, train, adapter, run_dir, bar)
+            result = _optimize(config, prog, dev, train, adapter, run_dir, bar, patience)
             if adapter.fatal is not None:
                 raise adapter.fatal
             if config.assign_score_all and train:
@@ -504,6 +517,7 @@ def run_phase(
             meta_prompt=meta_prompt,
             policy=policy,
         )
+        meta["stopped"] = patience.stopped if patience else None
         phase = _finalize(
             result,
             config=config,
@@ -700,10 +714,8 @@ def _phase_stats(
         "best_single": {"id": best, "dev_solved_frac": len(solved[best]) / n_dev, "mean": means[best]},
         "metric_calls": result.total_metric_calls,
         "budget": config.gepa_max_metric_calls,
-        # `gepa_stop_when_dev_perfect` ended GEPA before its budget
-        "stopped_dev_perfect": bool(
-            config.gepa_stop_when_dev_perfect and result.total_metric_calls < config.gepa_max_metric_calls
-        ),
+        # what ended GEPA before its budget (`gepa_patience`): "patience", "dev_perfect" or None
+        "stopped": meta.get("stopped"),
         "assign_metric_calls": sum(len(v) for v in train_scores.values()),
         "train_solved_frac": (
             len(set().union(*solved_sets(train_scores).values())) / max(1, len(hard_ids) - n_dev)
