@@ -146,3 +146,20 @@ def test_the_vllm_server_command_is_trls_own(tmp_path):
     assert cmd == [*trl, "--served-model-name", "org/model", "--seed", "1"]
     for flag in ("--weight-transfer-config", "--logprobs-mode", "--max-logprobs"):
         assert flag in cmd
+
+
+def test_continuous_batching_reaches_the_transformers_server_command(tmp_path):
+    from p2o.config import P2OConfig
+    from p2o.policy import open_policy
+
+    def command(**kw):
+        cfg = P2OConfig(output_dir=str(tmp_path), **kw)
+        return open_policy(cfg, tmp_path, log_dir=tmp_path)._command(None)
+
+    assert "--continuous-batching" in command(policy_server_continuous_batching=True)
+    assert "--continuous-batching" not in command()
+    assert "--continuous-batching" not in open_policy(
+        P2OConfig(output_dir=str(tmp_path), policy_server="vllm", policy_server_continuous_batching=True),
+        "org/model",
+        log_dir=tmp_path,
+    )._command("org/model")

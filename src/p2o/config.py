@@ -34,7 +34,7 @@ distill, crm, crm_low, crm_high, same_template_in_group, untemplated_rollouts, t
 retire_templates
 
 > Policy server
-policy_server, policy_server_port, policy_server_timeout
+policy_server, policy_server_port, policy_server_timeout, policy_server_continuous_batching
 """
 
 from __future__ import annotations
@@ -455,6 +455,13 @@ class P2OConfig(GRPOConfig):
     )
     policy_server_timeout: float = field(
         default=300.0, metadata={"help": "Seconds to wait for the policy server to come up."}
+    )
+    policy_server_continuous_batching: bool = field(
+        default=False,
+        metadata={
+            "help": "transformers backend: launch `transformers serve --continuous-batching`, which batches "
+            "concurrent requests (raise gepa_num_threads to feed it)."
+        },
     )
 
     def __post_init__(self) -> None:

@@ -55,6 +55,8 @@ def open_policy(config, checkpoint: str | Path, log_dir: str | Path, *, log_name
         timeout=config.policy_server_timeout,
         log_name=log_name,
         chat_template_kwargs=template_kwargs,
+        continuous_batching=backend == "transformers"
+        and bool(getattr(config, "policy_server_continuous_batching", False)),
     )
 
 
