@@ -152,9 +152,10 @@ def test_demo_seed_and_set_flags(tmp_path, capsys):
     from p2o.demo import main, parse_seeds, parse_sets
 
     assert parse_seeds("0,1,4-6") == [0, 1, 4, 5, 6]
-    assert parse_sets(["template_lifetime=round", "max-phases=2"]) == {
+    assert parse_sets(["template_lifetime=round", "max-phases=2", "learning_rate=1e-3"]) == {
         "template_lifetime": "round",
         "max_phases": 2,
+        "learning_rate": 0.001,
     }
     for argv, message in (
         (["--seeds", "x"], "--seeds x"),

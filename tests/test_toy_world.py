@@ -17,8 +17,6 @@ def test_rules_are_digit_wise():
     assert W.apply_rule("max", "347", "219") == "349"
     assert W.apply_rule("min", "347", "219") == "217"
     assert W.apply_rule("absdiff", "347", "219") == "132"
-    assert W.apply_rule("dbl", "347", "219") == "893"
-    assert not W.RULES["absdiff"].hideable  # agrees with sub on 60% of digit pairs: instructions only
     assert W.apply_rule("first", "347", "219") == "347"
     assert len([r for r in W.RULES.values() if r.hideable]) >= 6
     assert all(len(r.paraphrases) >= 3 for r in W.RULES.values())
@@ -51,15 +49,6 @@ def test_seeds_hide_different_rules_and_roles_are_disjoint():
     with pytest.raises(ValueError, match="n_easy must be < 6"):
         W.make_world(0, n_easy=6)
     assert W.make_world(3) == W.make_world(3)
-
-
-def test_default_worlds_hide_rules_that_rarely_agree():
-    # Two hidden rules that agree often erode each other under plain GRPO (docs/toy.md).
-    for s in range(20):
-        w = W.make_world(s)
-        assert sorted(w.hard.values()) == ["add", "dbl", "sub"]
-        assert W.max_hidden_agreement(w) == 0.2
-    assert W.rule_agreement("sub", "absdiff") == 0.6
 
 
 def test_problem_parsing_tolerates_spaces():

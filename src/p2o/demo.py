@@ -641,7 +641,13 @@ def parse_sets(items: list[str]) -> dict[str, Any]:
         key, eq, value = item.partition("=")
         if not eq or not key.strip():
             raise ValueError(f"--set {item!r}: write KEY=VALUE, e.g. --set template_lifetime=round")
-        out[key.strip().replace("-", "_")] = yaml.safe_load(value)
+        parsed = yaml.safe_load(value)
+        if isinstance(parsed, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                parsed = float(parsed)
+            except ValueError:
+                pass
+        out[key.strip().replace("-", "_")] = parsed
     return out
 
 

@@ -56,7 +56,7 @@ class BuildSettings:
     n_hard: int = W.N_HARD
     n_unknown: int = W.N_UNKNOWN
     size: ModelSize = field(default_factory=ModelSize)
-    steps: int = 1500
+    steps: int = 1000
     batch_size: int = 64
     learning_rate: float = 3e-3
     # Qwen3's RMS norms on queries and keys cap how sharp attention can be until their weights grow.

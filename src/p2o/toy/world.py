@@ -3,9 +3,8 @@
 A problem is `a OP b` on two numbers of `digits` digits ("3472 ⊕ 2195"); the answer has the same
 number of digits, each computed from the two digits in the same place by the rule the operator
 stands for (⊕ = add mod 10 → "5567"). Six rules can hide behind an operator (add, sub, mul mod 10,
-max, min, and twice the first plus the second mod 10); three more exist only as instructions: copy
-the first / second number, because a blind guess would find them too often, and the distance
-between the digits, because it agrees with sub too often. A seed decides which symbol plays
+max, min, absolute difference); two more (copy the first / second number) exist only as
+instructions, because a blind guess would find them too often. A seed decides which symbol plays
 which role and which rules the easy and hard operators hide:
 
 - *easy* operators: their rule is seen without any instruction during pre-training;
@@ -113,17 +112,6 @@ RULES: dict[str, Rule] = {
             ),
         ),
         Rule(
-            "dbl",
-            lambda a, b: (2 * a + b) % 10,
-            "twice the first digit plus the second, modulo ten",
-            (
-                "Double the first digit in each place, add the second digit and keep only the last digit.",
-                "For every position, write the last digit of twice the first digit plus the second digit.",
-                "Each answer digit is two times the first digit plus the second one, modulo ten.",
-                "Take twice the first digit plus the second digit at each place, and keep the ones digit.",
-            ),
-        ),
-        Rule(
             "absdiff",
             lambda a, b: abs(a - b),
             "the distance between the digits",
@@ -133,11 +121,6 @@ RULES: dict[str, Rule] = {
                 "Each answer digit is the absolute difference of the two digits in that place.",
                 "Compare the digits place by place and write how far apart they are.",
             ),
-            # It agrees with sub on 60% of digit pairs (wherever a >= b). Hidden beside sub, plain
-            # GRPO eroded the familiar sub operator into a digit-wise sub/absdiff mixture and P²O's
-            # distillation of one twin disturbed the other (docs/toy.md, "The demo over many
-            # worlds"); so it is part of the instruction language only.
-            hideable=False,
         ),
         Rule(
             "first",
@@ -359,17 +342,6 @@ def rule_agreement(x: str, y: str) -> float:
     )
 
 
-def max_hidden_agreement(world: ToyWorld) -> float:
-    """The greatest `rule_agreement` between two different rules the world's hard operators hide.
-
-    Two hidden rules that agree often erode each other: the world of the earlier rule set hid sub
-    and absdiff (60% agreement), and plain GRPO turned its familiar sub into a digit-wise mixture of
-    the two (docs/toy.md). The default worlds keep this at 0.2.
-    """
-    hidden = sorted(set(world.hard.values()))
-    return max((rule_agreement(x, y) for x, y in itertools.combinations(hidden, 2)), default=0.0)
-
-
 @functools.cache
 def _least_agreeing_splits(rules: tuple[str, ...], n: int) -> list[tuple[str, ...]]:
     """The `n`-subsets of `rules` whose greatest agreement with a rule outside them is smallest."""
@@ -392,13 +364,13 @@ def make_world(
     """The world of `seed`: which symbols are easy / familiar / hard / unknown, which rules they hide.
 
     The easy operators get a seeded pick among the sets of `n_easy` hideable rules that agree least
-    with the other rules (`rule_agreement`): with 3 easy rules, {add, sub, dbl} or {mul, max, min},
-    whose rules agree with the other side's on at most 19% of digits. A hard rule close to an easy
-    one would let plain GRPO solve hard problems by drifting toward the easy rule. `GUESSABLE` (mul)
-    stays with the easy rules whenever such a set allows it, so the default worlds hide add, sub and
-    dbl, which agree pairwise on at most 20% of digits (`max_hidden_agreement`). The remaining rules
-    go to the familiar operators (one per rule, at most `n_hard`), and the hard operators hide the
-    familiar rules in a seeded order (cycling when `n_hard` exceeds them).
+    with the other rules (`rule_agreement`): with 3 easy rules, {add, sub, absdiff} or {mul, max,
+    min}, whose rules agree with the other side's on at most 19% of digits, where sub and absdiff
+    agree on 60%. A hard rule close to an easy one would let plain GRPO solve hard problems by
+    drifting toward the easy rule. `GUESSABLE` (mul) stays with the easy rules whenever such a set
+    allows it, so the default worlds hide add, sub and absdiff. The remaining rules go to the
+    familiar operators (one per rule, at most `n_hard`), and the hard operators hide the familiar
+    rules in a seeded order (cycling when `n_hard` exceeds them).
     """
     if digits < 2:
         raise ValueError(f"digits must be >= 2 so that a blind guess rarely succeeds (got {digits})")
