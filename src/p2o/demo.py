@@ -28,6 +28,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -642,11 +643,9 @@ def parse_sets(items: list[str]) -> dict[str, Any]:
         if not eq or not key.strip():
             raise ValueError(f"--set {item!r}: write KEY=VALUE, e.g. --set template_lifetime=round")
         parsed = yaml.safe_load(value)
-        if isinstance(parsed, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
-            try:
-                parsed = float(parsed)
-            except ValueError:
-                pass
+        # YAML 1.1 reads 1e-3 (no dot in the mantissa) as a string
+        if isinstance(parsed, str) and re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+", parsed.strip()):
+            parsed = float(parsed)
         out[key.strip().replace("-", "_")] = parsed
     return out
 
