@@ -339,7 +339,7 @@ class Patience:
         self.stopped: str | None = None
 
     def __call__(self, state: Any) -> bool:
-        front = dict(getattr(state, "pareto_front_valset", None) or {})
+        front = dict(state.pareto_front_valset)  # gepa's per-dev-sample best scores; a rename fails loudly
         if not front:
             return False
         if min(front.values()) >= 1.0:

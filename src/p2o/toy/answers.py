@@ -14,7 +14,8 @@ from typing import Any
 
 from p2o.toy import world as W
 
-RULE_ORDER = ("add", "sub", "absdiff", "mul", "max", "min")
+# The rules an operator can hide (the instruction-only copy rules would match nothing useful).
+RULE_ORDER = tuple(name for name, rule in W.RULES.items() if rule.hideable)
 
 
 def answer_rules(model_dir: str | Path, seed: int, n_test: int = 600) -> dict[str, dict[str, float]]:
