@@ -297,3 +297,35 @@ def test_patience_stops_gepa_when_the_dev_front_stops_rising():
     perfect = Patience(100)
     assert perfect(S(pareto_front_valset={"a": 1.0, "b": 1.0})) and perfect.stopped == "dev_perfect"
     assert not Patience(1)(S(pareto_front_valset={}))  # no front yet: nothing to judge
+
+
+def test_phase_with_the_policy_in_process_rescues_the_same_samples(first_word_world, tiny_policy, tmp_path):
+    """The same phase against a `LocalPolicy` (batched generation in this process): same rescue,
+    one batched generation per GEPA evaluation instead of a request per rollout."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from p2o.policy import LocalPolicy
+
+    world = first_word_world
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_policy))
+    policy = LocalPolicy(model, AutoTokenizer.from_pretrained(str(tiny_policy)), name="tiny@step-0")
+    calls = []
+    generate = policy.generate
+    policy.generate = lambda ids, **kw: calls.append(len(ids)) or generate(ids, **kw)
+    out = tmp_path / "phase"
+    result = run_phase(
+        make_config(out),
+        world.task,
+        world.samples,
+        policy,
+        out,
+        reflection_lm=ScriptedReflector(world.template),
+    )
+    stats = read(out, "phase.json")
+    assert stats["status"] == "complete" and stats["policy"]["backend"] == "trainer"
+    assert stats["dev_solved_frac_before"] == 0.0 and stats["dev_solved_frac_after"] >= 0.9
+    assert world.template in result.templates.values()
+    assert set(result.assignments) == {s.sample_id for s in world.samples}
+    # One rollout per item (gepa_samples_per_item 1); each evaluation is one generation, the dev set's too.
+    assert stats["policy_requests"] == stats["policy_item_evals"] == sum(calls)
+    assert max(calls) == stats["dev_size"] and len(calls) < sum(calls) / 2

@@ -163,3 +163,63 @@ def test_continuous_batching_reaches_the_transformers_server_command(tmp_path):
         "org/model",
         log_dir=tmp_path,
     )._command("org/model")
+
+
+# ---------------------------------------------------------------- the policy in process
+
+
+def local_policy(path, **kw):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from p2o.policy import LocalPolicy
+
+    model = AutoModelForCausalLM.from_pretrained(str(path))
+    return LocalPolicy(model, AutoTokenizer.from_pretrained(str(path)), name=str(path), **kw)
+
+
+def test_in_process_policy_answers_as_the_server_does(tiny_policy_server, tiny_policy):
+    """Greedy completions of the same messages: batched in process == one request each on the server."""
+    policy = local_policy(tiny_policy, batch_size=4)  # 9 prompts: three batches, padded differently
+    messages = [[{"role": "user", "content": p}] for p in PROMPTS]
+    with policy.client() as c:
+        rows = c.chat_many(messages, max_tokens=3)
+        assert c.usage.requests == len(PROMPTS) and c.usage.completion_tokens >= len(PROMPTS)
+        assert c.chat(messages[4], max_tokens=3).text == rows[4][0].text
+    # Up to a leading space: `transformers serve` drops one that opens a completion; in process, the
+    # text is decoded as the trainer decodes its rollouts (verifiers read answers either way).
+    assert [r[0].text.lstrip() for r in rows] == [t.lstrip() for t in greedy(tiny_policy_server)]
+    assert all(len(r) == 1 and r[0].finish_reason in ("stop", "length") for r in rows)
+
+
+def test_in_process_generation_leaves_training_mode_and_the_rng_as_they_were(tiny_policy):
+    import torch
+
+    policy = local_policy(tiny_policy, seed=3)
+    policy.model.train()
+    messages = [[{"role": "user", "content": p}] for p in PROMPTS[:3]]
+    state = torch.random.get_rng_state()
+    with policy.client() as c:
+        sampled = c.chat_many(messages, n=4, temperature=1.0, max_tokens=3)
+        greedy_rows = c.chat_many(messages, n=3, temperature=0.0, max_tokens=3)
+    assert policy.model.training
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert [len(r) for r in sampled] == [4, 4, 4]
+    assert all(len({x.text for x in r}) == 1 and len(r) == 3 for r in greedy_rows)  # greedy: one, repeated
+    # Seeded per call: the same policy seed gives the same samples.
+    again = local_policy(tiny_policy, seed=3)
+    with again.client() as c:
+        assert [[x.text for x in r] for r in c.chat_many(messages, n=4, temperature=1.0, max_tokens=3)] == [
+            [x.text for x in r] for r in sampled
+        ]
+
+
+def test_policy_server_trainer_is_refused_outside_training(tmp_path):
+    from p2o.config import P2OConfig
+    from p2o.errors import ConfigError
+    from p2o.policy import open_policy
+
+    config = P2OConfig(output_dir=str(tmp_path), policy_server="trainer")
+    with pytest.raises(ConfigError, match="p2o evolve"):
+        open_policy(config, "some/model", tmp_path)
+    with pytest.raises(ConfigError, match="'trainer'"):
+        P2OConfig(output_dir=str(tmp_path), policy_server="trainr")

@@ -447,7 +447,9 @@ class P2OConfig(GRPOConfig):
         default="auto",
         metadata={
             "help": "Server the phase queries: 'auto' (vllm with vllm_mode=server, else transformers), "
-            "'transformers', 'vllm', or an http(s) URL of a running OpenAI-compatible server."
+            "'transformers', 'vllm', an http(s) URL of a running OpenAI-compatible server, or 'trainer' "
+            "(no server: the training model generates the phase's rollouts in process, batched; not "
+            "with FSDP or DeepSpeed ZeRO-3)."
         },
     )
     policy_server_port: int = field(
@@ -629,9 +631,10 @@ class P2OConfig(GRPOConfig):
         )
         server = self.policy_server
         _check(
-            server in ("auto", "transformers", "vllm") or server.startswith(("http://", "https://")),
+            server in ("auto", "transformers", "vllm", "trainer")
+            or server.startswith(("http://", "https://")),
             "policy_server",
-            "'auto', 'transformers', 'vllm' or an http(s) URL",
+            "'auto', 'transformers', 'vllm', 'trainer' or an http(s) URL",
             server,
         )
         _check(

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from p2o.policy.local import generate_batched
 from p2o.policy.pool import thread_map
 from p2o.tasks.base import Messages
 
@@ -137,68 +138,26 @@ class TransformersGenerator:
         import torch
 
         tok = self.tokenizer
-        greedy = temperature == 0
-        if greedy and n != 1:
+        if temperature == 0 and n != 1:
             raise ValueError("greedy decoding (temperature 0) gives one completion per prompt: use n=1")
         texts = [self._render(m, dict(chat_template_kwargs or {})) for m in prompts]
         ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
-        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
-        eos = _eos_ids(self.model, tok)
-        pad = tok.pad_token_id if tok.pad_token_id is not None else eos[0]
-        device = next(self.model.parameters()).device
-        per_batch = max(1, self.batch_size // n)
-        sample_kwargs: dict[str, Any] = (
-            {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-            if greedy
-            else {"do_sample": True, "temperature": float(temperature), "top_p": float(top_p), "top_k": 0}
-        )
         torch.manual_seed(seed)
-        out: list[list[Generation]] = [[] for _ in prompts]
-        for start in range(0, len(order), per_batch):
-            idx = order[start : start + per_batch]
-            width = max(len(ids[i]) for i in idx)
-            input_ids = torch.full((len(idx), width), pad, dtype=torch.long)
-            attention = torch.zeros((len(idx), width), dtype=torch.long)
-            for row, i in enumerate(idx):  # left padding: every prompt ends where generation starts
-                input_ids[row, width - len(ids[i]) :] = torch.tensor(ids[i])
-                attention[row, width - len(ids[i]) :] = 1
-            with torch.no_grad():
-                gen = self.model.generate(
-                    input_ids=input_ids.to(device),
-                    attention_mask=attention.to(device),
-                    max_new_tokens=max_tokens,
-                    num_return_sequences=n,
-                    eos_token_id=eos,
-                    pad_token_id=pad,
-                    **sample_kwargs,
-                )
-            rows = gen[:, width:].tolist()
-            for row, completion in enumerate(rows):
-                out[idx[row // n]].append(_cut(completion, eos, tok))
-            if progress is not None:
-                progress(len(idx) * n)
-        return out
-
-
-def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
-    ids: list[int] = []
-    cfg = getattr(model, "generation_config", None)
-    value = getattr(cfg, "eos_token_id", None)
-    for v in value if isinstance(value, list | tuple) else [value]:
-        if v is not None and v not in ids:
-            ids.append(int(v))
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
-        ids.append(int(tokenizer.eos_token_id))
-    if not ids:
-        raise GenerationError("the model has no end-of-sequence token (generation_config.eos_token_id)")
-    return ids
-
-
-def _cut(tokens: list[int], eos: list[int], tokenizer: Any) -> Generation:
-    for j, t in enumerate(tokens):
-        if t in eos:
-            return Generation(tokenizer.decode(tokens[:j], skip_special_tokens=True), "stop", j + 1)
-    return Generation(tokenizer.decode(tokens, skip_special_tokens=True), "length", len(tokens))
+        try:
+            rows = generate_batched(
+                self.model,
+                tok,
+                ids,
+                n=n,
+                temperature=temperature,
+                top_p=top_p,
+                max_tokens=max_tokens,
+                batch_size=self.batch_size,
+                progress=progress,
+            )
+        except ValueError as e:  # no end-of-sequence token
+            raise GenerationError(f"{self.label}: {e}") from e
+        return [[Generation(text, finish, k) for text, finish, k in row] for row in rows]
 
 
 # ---------------------------------------------------------------- vLLM offline engine

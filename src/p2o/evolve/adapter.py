@@ -237,12 +237,27 @@ class PolicyTemplateAdapter:
             )
         except PolicyRequestError as e:
             return "", 0.0, f"The policy server rejected the request: {e}", None, str(e)
-        text = str(prediction.get(self.program.output_field) or "")
+        return self._judge(str(prediction.get(self.program.output_field) or ""), sample)
+
+    def _judge(self, text: str, sample: Sample) -> tuple[str, float, str, str | None, str | None]:
         try:
             v = self.task.verifier(text, sample.answer)
             return text, float(v.score), v.feedback, v.extracted, None
         except Exception as e:  # a verifier must not raise; if it does, this sample scores 0
             return text, 0.0, f"The verifier failed on this output: {type(e).__name__}: {e}", None, None
+
+    def _rollout_batched(self, template: str, samples: Sequence[Sample]) -> list[list[tuple]]:
+        """All rollouts of `samples` under `template` as one batched generation (a client with
+        `chat_many`: the training model in process). The prompts are the template program's own
+        rendering, x̃ exactly as the DSPy call would send it."""
+        render = self._renderer(template)
+        outs = self.client.chat_many(
+            [render(s.problem) for s in samples],
+            n=self.samples_per_item,
+            temperature=self.temperature,
+            max_tokens=self.max_tokens,
+        )
+        return [[self._judge(c.text, s) for c in row] for s, row in zip(samples, outs, strict=True)]
 
     def rollout(self, template: str, samples: Sequence[Sample]) -> list[ItemResult]:
         """Roll the policy out on T(x, z) for `samples`, `samples_per_item` times each, concurrently."""
@@ -255,15 +270,19 @@ class PolicyTemplateAdapter:
             if self.on_item is not None:
                 self.on_item(1)
 
-        # A rejected request or a verifier error scores its rollout 0 in `_one`; a server that is
-        # down (PolicyServerError) stops the phase.
-        thread_map(
-            lambda s: self._one(predictor, s),
-            samples,
-            threads=self._pool,
-            repeat=self.samples_per_item,
-            on_item=finished,
-        )
+        if hasattr(self.client, "chat_many"):
+            for i, rolls in enumerate(self._rollout_batched(template, samples)):
+                finished(i, rolls)
+        else:
+            # A rejected request or a verifier error scores its rollout 0 in `_one`; a server that
+            # is down (PolicyServerError) stops the phase.
+            thread_map(
+                lambda s: self._one(predictor, s),
+                samples,
+                threads=self._pool,
+                repeat=self.samples_per_item,
+                on_item=finished,
+            )
         out = [r for r in results if r is not None]
         all_failed = all(r.error for r in out)
         if len(samples) * self.samples_per_item >= 2 and all_failed:

@@ -2,6 +2,7 @@
 
 `PolicyServer` launches and owns `transformers serve` (CPU) or `vllm serve` (GPU) and is pointed at
 successive checkpoints with `use_checkpoint(path)`; `RemotePolicy` talks to a server someone else runs;
+`LocalPolicy` is the training model itself, generating a phase's rollouts in process and batched;
 `PolicyClient` sends chat completions and never caches. `open_policy(config, checkpoint, log_dir)`
 picks one from `P2OConfig.policy_server`. `p2o.policy.pool.thread_map` is the thread pool that mining, a
 phase's rollouts and evaluation's generation and scoring run on.
@@ -18,6 +19,7 @@ from p2o.policy.client import (
     PolicyRequestError,
     PolicyServerError,
 )
+from p2o.policy.local import LocalClient, LocalPolicy
 from p2o.policy.server import (
     Policy,
     PolicyServer,
@@ -34,9 +36,17 @@ def open_policy(config, checkpoint: str | Path, log_dir: str | Path, *, log_name
     - an http(s) URL → `RemotePolicy(url, model_name=checkpoint)` (the server serves it under that name);
     - 'vllm' → p2o launches `vllm serve`;
     - 'transformers' → p2o launches `transformers serve`;
-    - 'auto' → TRL's vLLM server when `use_vllm` and `vllm_mode == 'server'`, else transformers.
+    - 'auto' → TRL's vLLM server when `use_vllm` and `vllm_mode == 'server'`, else transformers;
+    - 'trainer' → refused here: only the trainer has the model in process (`LocalPolicy`).
     """
     server = config.policy_server
+    if server == "trainer":
+        from p2o.errors import ConfigError
+
+        raise ConfigError(
+            "policy_server: 'trainer' generates with the training model inside `p2o train`; a phase run "
+            "on its own (p2o evolve) has no model in process: use 'transformers', 'vllm' or a server URL"
+        )
     template_kwargs = dict(getattr(config, "chat_template_kwargs", None) or {})
     if server.startswith(("http://", "https://")):
         return RemotePolicy(server, str(checkpoint))
@@ -63,6 +73,8 @@ def open_policy(config, checkpoint: str | Path, log_dir: str | Path, *, log_name
 __all__ = [
     "CheckpointError",
     "Completion",
+    "LocalClient",
+    "LocalPolicy",
     "Policy",
     "PolicyClient",
     "PolicyRequestError",

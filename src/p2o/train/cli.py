@@ -93,6 +93,8 @@ def _count_rows(script_args: P2OScriptArguments) -> int | None:
 
 
 def _policy_server(config: P2OConfig) -> str:
+    if config.policy_server == "trainer":
+        return "none: the training model generates in process (policy_server: trainer)"
     if config.policy_server == "auto":
         return "vllm (server mode, weights synced)" if config.use_vllm else "transformers serve (loopback)"
     return config.policy_server
@@ -127,7 +129,7 @@ def _servers(config: P2OConfig, phases: bool, server: str, vllm_url: str) -> lis
     servers = []
     if config.use_vllm and config.vllm_mode == "server":
         servers.append(f"vLLM at {vllm_url}: start it first (trl vllm-serve --model <model>)")
-    if phases and not str(server).startswith("vllm"):
+    if phases and not str(server).startswith(("vllm", "none")):
         servers.append(f"policy server for phases: {server}, launched by p2o")
     if phases and config.reflection == "initial":
         servers.append("initial policy (reflection): transformers serve, launched by p2o for each phase")

@@ -54,6 +54,7 @@ from trl import GRPOTrainer
 from trl.trainer.utils import RepeatSampler, pad
 
 from p2o.config import P2OConfig
+from p2o.errors import ConfigError
 from p2o.files import write_json_atomic
 from p2o.policy import vllm_server_url
 from p2o.tasks.base import Sample, Task
@@ -222,6 +223,21 @@ class P2OTrainer(GRPOTrainer):
 
             load_program(args.program)
             load_meta_prompt(args.meta_prompt)
+            if self.in_process_policy and (self.is_fsdp_enabled or self._zero3()):
+                raise ConfigError(
+                    "policy_server: 'trainer' generates a phase's rollouts with the training model on the "
+                    "main process, which cannot hold parameters sharded by FSDP or DeepSpeed ZeRO-3; use "
+                    "policy_server: transformers or vllm (or auto) with this setup"
+                )
+
+    @property
+    def in_process_policy(self) -> bool:
+        """Whether phases generate with the training model itself (`policy_server: trainer`)."""
+        return self.args.policy_server == "trainer"
+
+    def _zero3(self) -> bool:
+        plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
+        return bool(self.is_deepspeed_enabled and plugin is not None and plugin.zero_stage == 3)
 
     # ------------------------------------------------------------------ rollouts
 
@@ -509,7 +525,10 @@ class P2OTrainer(GRPOTrainer):
         )
 
     def sync_policy(self, round_dir: Path) -> PolicyHandle:
-        """Make the server see the current weights. Called on every rank."""
+        """Make the server see the current weights. Called on every rank. In process
+        (`policy_server: trainer`) there is nothing to sync: the phase uses the model itself."""
+        if self.in_process_policy:
+            return PolicyHandle(model_name=self._local_policy_name())
         if self.use_vllm and self.args.vllm_mode == "server":
             self.vllm_generation.sync_weights()
             self._last_loaded_step = self.state.global_step
@@ -543,10 +562,18 @@ class P2OTrainer(GRPOTrainer):
         """The default phase runner: `p2o.evolve.run_phase` against one policy server kept for the
         whole run and pointed at each round's checkpoint (or the synced vLLM server)."""
         from p2o.evolve import run_phase
-        from p2o.policy import RemotePolicy, open_policy
+        from p2o.policy import LocalPolicy, RemotePolicy, open_policy
 
-        if policy.url:
-            served: Any = RemotePolicy(policy.url, policy.model_name)
+        if self.in_process_policy:
+            served: Any = LocalPolicy(
+                self.accelerator.unwrap_model(self.model),
+                self.processing_class,
+                name=policy.model_name or self._local_policy_name(),
+                batch_size=self.args.per_device_train_batch_size,
+                seed=self.args.seed + self.state.global_step,
+            )
+        elif policy.url:
+            served = RemotePolicy(policy.url, policy.model_name)
         elif self._policy_server is None:
             self._policy_server = open_policy(config, policy.checkpoint, log_dir=Path(config.output_dir))
             self._policy_server.start()
@@ -566,10 +593,17 @@ class P2OTrainer(GRPOTrainer):
             progress=not config.disable_tqdm,
         )
 
+    def _local_policy_name(self) -> str:
+        """What identifies the in-process policy's weights: the model and the step (a resumed phase
+        is checked against it)."""
+        return f"{self.initial_model}@step-{self.state.global_step}"
+
     def _boot_policy_server(self) -> None:
         """Launch the CPU policy server now, without waiting, so that it boots during the first steps
         instead of inside the first phase (which then only loads that round's checkpoint)."""
         if not (self.phases_left() and self.phase_runner == self.evolve_phase) or self._policy_server:
+            return
+        if self.in_process_policy:
             return
         if self.use_vllm or not self.accelerator.is_main_process:
             return
@@ -842,6 +876,8 @@ class P2OTrainer(GRPOTrainer):
                 server = self._policy_server
                 server.wait_healthy()
                 checks["policy_server"] = f"{server.backend} at {server.url}"
+            elif self.in_process_policy:
+                checks["policy_server"] = "trainer (the training model, in process)"
         except (ReflectionError, PolicyServerError) as e:
             return f"{type(e).__name__}: {e}"
         except Exception as e:
