@@ -344,28 +344,20 @@ class P2OTrainer(GRPOTrainer):
     @torch.no_grad()
     def _apply_crm(self, out: dict[str, Any], inputs: list[dict[str, Any]]) -> tuple[int, int]:
         """Mask templated-rollout tokens whose π(y|x)/π(y|x̃) is outside [crm_low, crm_high]."""
-        device = self.accelerator.device
         rows = [i for i, x in enumerate(inputs) if x.get(ROLLOUT_TEMPLATED, False)]
         comp_ids, comp_mask = out["completion_ids"][rows], out["completion_mask"][rows]
-        prompts = [torch.tensor(inputs[i][ROLLOUT_GEN_PROMPT_IDS]) for i in rows]
-        old = out.get("old_per_token_logps")
-        if old is None:
-            # log π(y|x) too, in the same forward pass as log π(y|x̃) (one call instead of two).
-            p_ids, p_mask = out["prompt_ids"][rows], out["prompt_mask"][rows]
-            prompts += [ids[m.bool()].cpu() for ids, m in zip(p_ids, p_mask, strict=True)]
-            comp_ids, comp_mask = torch.cat([comp_ids, comp_ids]), torch.cat([comp_mask, comp_mask])
-        ids = pad(prompts, padding_value=self._tokenizer.pad_token_id, padding_side="left").to(device)
-        mask = pad([torch.ones_like(x) for x in prompts], padding_value=0, padding_side="left").to(device)
-        logps, _, _ = self._get_per_token_logps_and_entropies(
-            self.model,
-            torch.cat([ids, comp_ids], 1),
-            torch.cat([mask, comp_mask], 1),
-            comp_ids.size(1),
-            len(prompts),
+        logp_aug = self._completion_logps(
+            [torch.tensor(inputs[i][ROLLOUT_GEN_PROMPT_IDS]) for i in rows], comp_ids, comp_mask
         )
-        n = len(rows)
-        logp_aug, logp_x = logps[:n], (old[rows] if old is not None else logps[n:])
-        comp_mask = comp_mask[:n]
+        old = out.get("old_per_token_logps")
+        if old is not None:
+            logp_x = old[rows]
+        else:
+            # log π(y|x) in a forward of its own: padded together with x̃, every short x would be
+            # padded to the templated length.
+            p_ids, p_mask = out["prompt_ids"][rows], out["prompt_mask"][rows]
+            prompts = [ids[m.bool()].cpu() for ids, m in zip(p_ids, p_mask, strict=True)]
+            logp_x = self._completion_logps(prompts, comp_ids, comp_mask)
         keep = crm_keep_mask(logp_x, logp_aug, self.args.crm_low, self.args.crm_high).int() * comp_mask
         crm_mask = torch.ones_like(out["completion_mask"])
         crm_mask[rows] = keep
@@ -375,6 +367,22 @@ class P2OTrainer(GRPOTrainer):
         loss_mask = out["completion_mask"] * crm_mask
         out["num_items_in_batch"] = gather(loss_mask.sum()).sum()
         return int(comp_mask.sum().item() - keep.sum().item()), int(comp_mask.sum().item())
+
+    def _completion_logps(
+        self, prompts: list[torch.Tensor], comp_ids: torch.Tensor, comp_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """log π(y_t | prompt, y_<t) of each completion token, one forward pass (no grad)."""
+        device = self.accelerator.device
+        ids = pad(prompts, padding_value=self._tokenizer.pad_token_id, padding_side="left").to(device)
+        mask = pad([torch.ones_like(x) for x in prompts], padding_value=0, padding_side="left").to(device)
+        logps, _, _ = self._get_per_token_logps_and_entropies(
+            self.model,
+            torch.cat([ids, comp_ids], 1),
+            torch.cat([mask, comp_mask], 1),
+            comp_ids.size(1),
+            len(prompts),
+        )
+        return logps
 
     def _track_and_log(self, inputs: list[dict[str, Any]], templated: list[bool], crm_stats) -> None:
         metrics = self._metrics["train"]
