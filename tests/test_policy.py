@@ -223,3 +223,30 @@ def test_policy_server_trainer_is_refused_outside_training(tmp_path):
         open_policy(config, "some/model", tmp_path)
     with pytest.raises(ConfigError, match="'trainer'"):
         P2OConfig(output_dir=str(tmp_path), policy_server="trainr")
+
+
+@pytest.mark.gpu
+def test_in_process_policy_on_cuda_answers_as_on_cpu_and_restores_both_rngs(tiny_policy):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    cpu, gpu = local_policy(tiny_policy), local_policy(tiny_policy, seed=3)
+    gpu.model.to("cuda").train()
+    messages = [[{"role": "user", "content": p}] for p in PROMPTS]
+    cpu_rng, cuda_rng = torch.random.get_rng_state(), torch.cuda.get_rng_state()
+    with cpu.client() as a, gpu.client() as b:
+        on_cpu = [r[0].text for r in a.chat_many(messages, max_tokens=3)]
+        on_gpu = [r[0].text for r in b.chat_many(messages, max_tokens=3)]
+        sampled = [[x.text for x in r] for r in b.chat_many(messages, n=4, temperature=1.0, max_tokens=3)]
+    assert on_gpu == on_cpu
+    assert gpu.model.training and next(gpu.model.parameters()).device.type == "cuda"
+    assert torch.equal(torch.random.get_rng_state(), cpu_rng) and torch.equal(
+        torch.cuda.get_rng_state(), cuda_rng
+    )
+    again = local_policy(tiny_policy, seed=3)  # each generation is seeded with the seed and its count
+    again.model.to("cuda")
+    with again.client() as c:
+        c.chat_many(messages, max_tokens=3)
+        assert [
+            [x.text for x in r] for r in c.chat_many(messages, n=4, temperature=1.0, max_tokens=3)
+        ] == sampled
