@@ -3,7 +3,9 @@ stand-in that assigns two templates per hard sample) runs on the main process on
 what it holds so the test can compare ranks.
 
 `mp_train_script.py MODEL OUT [PHASE_SECONDS DDP_TIMEOUT]`: the phase sleeps PHASE_SECONDS, with
-collectives timing out after DDP_TIMEOUT seconds (a phase longer than the collective timeout)."""
+collectives timing out after DDP_TIMEOUT seconds (a phase longer than the collective timeout).
+`mp_train_script.py MODEL OUT in-process`: the real phase (GEPA, with a scripted reflection model)
+against the training model itself (`policy_server: trainer`)."""
 
 from __future__ import annotations
 
@@ -38,8 +40,18 @@ def scripted_phase(config, task, hard_samples, policy, output_dir):
     return Result({"a": "HINT", "b": "think"}, {s.sample_id: ["a", "b"] for s in hard_samples})
 
 
+def scripted_reflection(prompt: str) -> str:
+    """Scripted reflection LM (a deterministic stand-in for a teacher): always the same proposal."""
+    return "```\nHINT think step by step\n```"
+
+
 def main(
-    model: str, out: str, phase_seconds: float = 0.0, ddp_timeout: int = 1800, poll: float = 1.0
+    model: str,
+    out: str,
+    phase_seconds: float = 0.0,
+    ddp_timeout: int = 1800,
+    poll: float = 1.0,
+    in_process: bool = False,
 ) -> None:
     global PHASE_SECONDS
     PHASE_SECONDS = phase_seconds
@@ -69,11 +81,17 @@ def main(
         logging_steps=1,
         seed=0,
         disable_tqdm=True,
+        **(dict(policy_server="trainer", gepa_max_metric_calls=12) if in_process else {}),
     )
     task = tiny_task()
     samples = tiny_samples(6)
     trainer = P2OTrainer(
-        model=model, task=task, args=cfg, train_dataset=to_dataset(task, samples), phase_runner=scripted_phase
+        model=model,
+        task=task,
+        args=cfg,
+        train_dataset=to_dataset(task, samples),
+        phase_runner=None if in_process else scripted_phase,
+        reflection_lm=scripted_reflection if in_process else None,
     )
     used: list = []
     original = trainer._rollout
@@ -103,4 +121,7 @@ def main(
 
 if __name__ == "__main__":
     extra = sys.argv[3:]
+    if extra == ["in-process"]:
+        main(sys.argv[1], sys.argv[2], in_process=True)
+        sys.exit(0)
     main(sys.argv[1], sys.argv[2], *(float(extra[0]), int(extra[1]), *map(float, extra[2:])) if extra else ())

@@ -65,3 +65,18 @@ def test_two_processes_agree_on_hard_samples_and_assignments(tmp_path):
         assert sa == sb
         # the last generation ran after round 1 (ids "r1:a", "r1:b"): k-th rollout, k-th template
         assert [ta.split(":")[1], tb.split(":")[1]] == ["a", "b"]
+
+
+@pytest.mark.slow
+def test_two_processes_run_a_real_phase_with_the_training_model_in_process(tmp_path):
+    """`policy_server: trainer` under DDP: the main process generates the phase's rollouts with its own
+    model while the other rank waits; both ranks adopt the same templates."""
+    model = build_tiny_model(tmp_path / "model")
+    out = tmp_path / "run"
+    proc = launch_two(model, out, "in-process")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    r0, r1 = (json.loads((out / f"rank-{i}.json").read_text()) for i in range(2))
+    assert r0["world"] == 2 and r0["templates"] == r1["templates"] and r0["assignments"] == r1["assignments"]
+    phase = json.loads((out / "rounds/round-001/evolve/phase.json").read_text())
+    assert phase["policy"]["backend"] == "trainer" and phase["metric_calls"] > 0
+    assert not (out / "policy_server.log").exists()
