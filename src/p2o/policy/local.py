@@ -118,9 +118,18 @@ def generation_mode(model: Any, seed: int) -> Iterator[None]:
     import torch
 
     was_training = bool(getattr(model, "training", False))
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    device = next(model.parameters()).device
+    # Only the model's own GPU: forking every visible one would open a context on each.
+    devices = (
+        [device.index if device.index is not None else torch.cuda.current_device()]
+        if device.type == "cuda"
+        else []
+    )
     with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+        torch.random.default_generator.manual_seed(seed)
+        for index in devices:
+            with torch.cuda.device(index):
+                torch.cuda.manual_seed(seed)
         model.eval()
         try:
             yield
