@@ -49,6 +49,15 @@ from trl import GRPOConfig
 from p2o.devices import cuda_available
 from p2o.errors import ConfigError
 
+# transformers 5 renamed gradient checkpointing to activation checkpointing; TRL 1.16 still uses the
+# old names (the config field, and the model methods around every generation), so each run would
+# print the same FutureWarnings several times a phase. The rename is theirs to finish.
+warnings.filterwarnings(
+    "ignore",
+    message=r"`(is_)?gradient_checkpointing(_enable|_disable)?` is deprecated",
+    category=FutureWarning,
+)
+
 REFLECTION_CHOICES = ("self", "initial", "teacher:<litellm model>")  # and the names plug-ins register
 CANDIDATE_SELECTION = ("pareto", "current_best", "epsilon_greedy")
 TEMPLATE_LIFETIMES = ("retire", "round")
