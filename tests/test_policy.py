@@ -213,6 +213,26 @@ def test_in_process_generation_leaves_training_mode_and_the_rng_as_they_were(tin
         ]
 
 
+def test_in_process_policy_that_cannot_work_raises_a_config_error(tiny_policy):
+    """No chat template, or no end-of-sequence token: a `ConfigError`, which stops a training run's
+    phase for good instead of being retried as a passing failure."""
+    from p2o.errors import ConfigError
+    from p2o.train.trainer import is_fatal
+
+    messages = [[{"role": "user", "content": PROMPTS[0]}]]
+    policy = local_policy(tiny_policy)
+    policy.tokenizer.chat_template = None
+    with pytest.raises(ConfigError, match="no chat template") as e, policy.client() as c:
+        c.chat_many(messages, max_tokens=2)
+    assert is_fatal(e.value)
+    policy = local_policy(tiny_policy)
+    policy.model.generation_config.eos_token_id = None
+    policy.tokenizer.eos_token = None
+    with pytest.raises(ConfigError, match="end-of-sequence") as e, policy.client() as c:
+        c.chat_many(messages, max_tokens=2)
+    assert is_fatal(e.value)
+
+
 def test_policy_server_trainer_is_refused_outside_training(tmp_path):
     from p2o.config import P2OConfig
     from p2o.errors import ConfigError

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from p2o.errors import ConfigError
 from p2o.policy.local import generate_batched
 from p2o.policy.pool import thread_map
 from p2o.tasks.base import Messages
@@ -138,8 +139,6 @@ class TransformersGenerator:
         import torch
 
         tok = self.tokenizer
-        if temperature == 0 and n != 1:
-            raise ValueError("greedy decoding (temperature 0) gives one completion per prompt: use n=1")
         texts = [self._render(m, dict(chat_template_kwargs or {})) for m in prompts]
         ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
         torch.manual_seed(seed)
@@ -155,7 +154,7 @@ class TransformersGenerator:
                 batch_size=self.batch_size,
                 progress=progress,
             )
-        except ValueError as e:  # no end-of-sequence token
+        except ConfigError as e:  # no end-of-sequence token
             raise GenerationError(f"{self.label}: {e}") from e
         return [[Generation(text, finish, k) for text, finish, k in row] for row in rows]
 

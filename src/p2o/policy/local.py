@@ -20,7 +20,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from p2o.policy.client import Completion, PolicyServerError, Usage
+from p2o.errors import ConfigError
+from p2o.policy.client import Completion, Usage
 from p2o.tasks.base import Messages
 
 Progress = Callable[[int], None]  # called with the number of completions just finished
@@ -37,7 +38,7 @@ def eos_ids(model: Any, tokenizer: Any) -> list[int]:
     if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
         ids.append(int(tokenizer.eos_token_id))
     if not ids:
-        raise ValueError("the model has no end-of-sequence token (generation_config.eos_token_id)")
+        raise ConfigError("the model has no end-of-sequence token (generation_config.eos_token_id)")
     return ids
 
 
@@ -168,7 +169,7 @@ class LocalClient:
     def _prompt_ids(self, messages: Messages) -> list[int]:
         tok = self.policy.tokenizer
         if getattr(tok, "chat_template", None) is None:
-            raise PolicyServerError(
+            raise ConfigError(
                 f"the tokenizer of {self.model!r} has no chat template; phases render prompts as chats"
             )
         text = tok.apply_chat_template(
@@ -190,7 +191,10 @@ class LocalClient:
         rows = self.policy.generate(ids, n=k, temperature=temperature, max_tokens=max_tokens)
         rows = [row * (n // k) for row in rows]
         out = [
-            [Completion(text, finish, prompt_tokens=len(p), completion_tokens=k) for text, finish, k in row]
+            [
+                Completion(text, finish, prompt_tokens=len(p), completion_tokens=used)
+                for text, finish, used in row
+            ]
             for p, row in zip(ids, rows, strict=True)
         ]
         per = (time.perf_counter() - start) / max(1, len(prompts) * n)
@@ -231,15 +235,11 @@ class LocalPolicy:
         self._calls = 0
         self._lock = threading.Lock()
 
-    def start(self) -> LocalPolicy:
-        return self
-
     def client(self, **kwargs: Any) -> LocalClient:
         return LocalClient(self, chat_template_kwargs=kwargs.get("chat_template_kwargs"))
 
     def check_alive(self) -> None:
-        if self.model is None:
-            raise PolicyServerError(f"the in-process policy {self.model_name!r} was released")
+        """Nothing to check: the model lives in this process."""
 
     def stop(self) -> None:
         pass
@@ -247,7 +247,6 @@ class LocalPolicy:
     def generate(
         self, prompt_ids: list[list[int]], *, n: int, temperature: float, max_tokens: int
     ) -> list[list[tuple[str, str, int]]]:
-        self.check_alive()
         with self._lock:
             self._calls += 1
             with generation_mode(self.model, self.seed * 1_000_003 + self._calls):
