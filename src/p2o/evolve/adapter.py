@@ -260,8 +260,8 @@ class PolicyTemplateAdapter:
         return [[self._judge(c.text, s) for c in row] for s, row in zip(samples, outs, strict=True)]
 
     def rollout(self, template: str, samples: Sequence[Sample]) -> list[ItemResult]:
-        """Roll the policy out on T(x, z) for `samples`, `samples_per_item` times each, concurrently."""
-        predictor = self.program.predictor_with(template)
+        """Roll the policy out on T(x, z) for `samples`, `samples_per_item` times each: one batched generation
+        in process, or concurrent requests to a server."""
         results: list[ItemResult | None] = [None] * len(samples)
 
         def finished(i: int, rolls: list[tuple]) -> None:  # stored at once: an interrupted phase keeps it
@@ -276,6 +276,7 @@ class PolicyTemplateAdapter:
         else:
             # A rejected request or a verifier error scores its rollout 0 in `_one`; a server that
             # is down (PolicyServerError) stops the phase.
+            predictor = self.program.predictor_with(template)
             thread_map(
                 lambda s: self._one(predictor, s),
                 samples,
