@@ -16,7 +16,7 @@ from pathlib import Path
 
 from p2o.config import P2OConfig
 from p2o.tasks.data import to_dataset
-from p2o.train.trainer import P2OTrainer
+from p2o.train.trainer import P2OTrainer, release_process_group
 from tests.tiny_world import tiny_samples, tiny_task
 
 
@@ -117,6 +117,7 @@ def main(
             sort_keys=True,
         )
     )
+    release_process_group()  # as `p2o train` does: a live gloo group can abort the exit
 
 
 if __name__ == "__main__":

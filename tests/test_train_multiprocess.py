@@ -80,3 +80,20 @@ def test_two_processes_run_a_real_phase_with_the_training_model_in_process(tmp_p
     phase = json.loads((out / "rounds/round-001/evolve/phase.json").read_text())
     assert phase["policy"]["backend"] == "trainer" and phase["metric_calls"] > 0
     assert not (out / "policy_server.log").exists()
+
+
+def test_p2o_train_releases_the_process_group_on_every_way_out(tmp_path, monkeypatch):
+    """A gloo group left alive at exit can abort the process after its work is done (SIGABRT at
+    interpreter shutdown): `p2o train` destroys it, here on its error path (a missing config)."""
+    import torch.distributed as dist
+
+    from p2o.train import cli
+    from p2o.train.trainer import release_process_group
+
+    release_process_group()  # nothing up: a no-op
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        assert cli.main(["--config", str(tmp_path / "missing.yaml")]) != 0
+        assert not dist.is_initialized()
+    finally:
+        release_process_group()

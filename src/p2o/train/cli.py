@@ -413,7 +413,13 @@ def report_phases(phases: dict[str, Any], config: P2OConfig) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return report_errors("p2o train", lambda: run(list(sys.argv[1:] if argv is None else argv)))
+    try:
+        return report_errors("p2o train", lambda: run(list(sys.argv[1:] if argv is None else argv)))
+    finally:
+        if "p2o.train.trainer" in sys.modules:  # a process group exists only once the trainer was built
+            from p2o.train.trainer import release_process_group
+
+            release_process_group()
 
 
 if __name__ == "__main__":

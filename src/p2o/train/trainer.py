@@ -127,6 +127,20 @@ def is_fatal(error: BaseException) -> bool:
     return isinstance(error, CheckpointError | ConfigError | PhaseError | ImportError)
 
 
+def release_process_group() -> None:
+    """Destroy the default process group, if one is up; call it once a process is done with collectives.
+
+    A process that exits with a gloo group alive can abort at interpreter shutdown (SIGABRT,
+    "terminate called without an active exception": gloo's worker threads still hold work whose
+    tensors are freed after Python is gone), and `accelerate launch` then reports a finished run as
+    failed. `p2o train` calls this on every way out; a script driving `P2OTrainer` under
+    `accelerate launch` should too."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 class P2OTrainer(GRPOTrainer):
     """GRPO + templated rollouts + context distillation + hard-sample mining + GEPA phases.
 
