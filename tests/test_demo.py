@@ -43,3 +43,26 @@ def test_demo_names_a_model_folder_that_holds_no_policy(tmp_path, capsys):
         main(["--quick", "--model", str(tmp_path / "nothing"), "--output-dir", str(tmp_path / "out")])
     assert e.value.code == 2
     assert "--model" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_demo_builds_the_recipes_world_and_refuses_a_policy_built_for_another(tmp_path, capsys):
+    from p2o.demo import check_model_world, main, toy_world_options
+    from p2o.errors import UserError
+    from p2o.toy import world as W
+
+    assert toy_world_options({"task_kwargs": {"seed": 0, "n_train": 256, "digits": 5}}) == {"digits": 5}
+    assert toy_world_options({}) == {}
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "world.json").write_text(json.dumps(W.make_world(0).to_dict()))
+    check_model_world(str(model), 0, {})  # the same world: accepted
+    with pytest.raises(UserError, match="digits 4 vs 5"):
+        check_model_world(str(model), 0, {"digits": 5})
+    with pytest.raises(UserError, match="seed 0 vs 1"):
+        check_model_world(str(model), 1, {})
+    # From the command line: stopped with the message before any training.
+    code = main(["--quick", "--seed", "1", "--model", str(model), "--output-dir", str(tmp_path / "out")])
+    assert code != 0
+    assert "built for another world" in capsys.readouterr().err
+    assert not (tmp_path / "out/grpo").exists()

@@ -315,6 +315,42 @@ class LogFile(QuietCallback):
 # ---------------------------------------------------------------------------------------- a world
 
 
+TOY_WORLD_OPTIONS = ("digits", "n_easy", "n_hard", "n_unknown")
+
+
+def toy_world_options(recipe: dict[str, Any]) -> dict[str, Any]:
+    """The recipe's toy-world options (`task_kwargs` digits, n_easy, n_hard, n_unknown): the policy
+    must be built for the same world the task poses problems from."""
+    kwargs = recipe.get("task_kwargs") or {}
+    return {k: kwargs[k] for k in TOY_WORLD_OPTIONS if k in kwargs}
+
+
+def check_model_world(model: str, seed: int, world_options: dict[str, Any]) -> None:
+    """Refuse a toy policy built for another world than the task's (its `world.json`): it would
+    train on problems it was never built for, and every figure would be meaningless."""
+    from p2o.errors import UserError
+    from p2o.toy import world as W
+
+    f = Path(model) / "world.json"
+    if not f.is_file():
+        return
+    built = json.loads(f.read_text(encoding="utf-8"))
+    expected = json.loads(json.dumps(W.make_world(seed, **world_options).to_dict()))
+    differ = [
+        k for k in ("seed", "digits", "easy", "familiar", "hard", "unknown") if built.get(k) != expected[k]
+    ]
+    if differ:
+        what = ", ".join(
+            f"{k} {built.get(k)!r} vs {expected[k]!r}" for k in differ if k in ("seed", "digits")
+        )
+        raise UserError(
+            f"toy policy {model} was built for another world than the task's (world {seed}"
+            f"{', ' + ', '.join(f'{k}={v}' for k, v in world_options.items()) if world_options else ''}): "
+            f"{what or 'its operators differ: ' + ', '.join(differ)}. Build it for this world "
+            f"(p2o toy build --seed {seed} ...) or leave --model out"
+        )
+
+
 def run_world(
     methods: list[str],
     seed: int,
@@ -332,10 +368,12 @@ def run_world(
     from p2o.toy import ensure_toy_model
 
     t0 = time.perf_counter()
+    world_options = toy_world_options(recipe)
     if model is None:
         console.print(f"world {seed}: toy policy (built on first use, ~2–3 min; then cached)…")
         with captured_output(out / "build.log"):
-            model = str(ensure_toy_model(seed=seed, progress=False))
+            model = str(ensure_toy_model(seed=seed, progress=False, **world_options))
+    check_model_world(model, seed, world_options)
     console.print(f"[bold]world {seed}[/]: toy policy ready in {time.perf_counter() - t0:.1f} s: {model}")
     results: dict[str, Any] = {
         "seed": seed,
