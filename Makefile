@@ -18,7 +18,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 install: $(STAMP)
 
-# The demo: builds (or reuses) the toy policy, trains the five methods, writes runs/demo/ (~11 min on 2 cores with the toy build, ~8 min once built).
+# The demo: builds (or reuses) the toy policy, trains the five methods, writes runs/demo/ (~9 min on 2 cores with the toy build, ~7 min once built).
 demo: $(STAMP)
 	$(BIN)/p2o demo --output-dir runs/demo
 
