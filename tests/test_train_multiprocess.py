@@ -82,7 +82,7 @@ def test_two_processes_run_a_real_phase_with_the_training_model_in_process(tmp_p
     assert not (out / "policy_server.log").exists()
 
 
-def test_p2o_train_releases_the_process_group_on_every_way_out(tmp_path, monkeypatch):
+def test_p2o_train_releases_the_process_group_on_every_way_out(tmp_path):
     """A gloo group left alive at exit can abort the process after its work is done (SIGABRT at
     interpreter shutdown): `p2o train` destroys it, here on its error path (a missing config)."""
     import torch.distributed as dist

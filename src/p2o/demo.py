@@ -337,17 +337,16 @@ def check_model_world(model: str, seed: int, world_options: dict[str, Any]) -> N
     built = json.loads(f.read_text(encoding="utf-8"))
     expected = json.loads(json.dumps(W.make_world(seed, **world_options).to_dict()))
     differ = [
-        k for k in ("seed", "digits", "easy", "familiar", "hard", "unknown") if built.get(k) != expected[k]
+        f"{k} {built.get(k)!r} vs {expected[k]!r}" if k in ("seed", "digits") else k
+        for k in ("seed", "digits", "easy", "familiar", "hard", "unknown")
+        if built.get(k) != expected[k]
     ]
     if differ:
-        what = ", ".join(
-            f"{k} {built.get(k)!r} vs {expected[k]!r}" for k in differ if k in ("seed", "digits")
-        )
+        options = "".join(f", {k}={v}" for k, v in world_options.items())
         raise UserError(
-            f"toy policy {model} was built for another world than the task's (world {seed}"
-            f"{', ' + ', '.join(f'{k}={v}' for k, v in world_options.items()) if world_options else ''}): "
-            f"{what or 'its operators differ: ' + ', '.join(differ)}. Build it for this world "
-            f"(p2o toy build --seed {seed} ...) or leave --model out"
+            f"toy policy {model} was built for another world than the task's (world {seed}{options}): "
+            f"{', '.join(differ)} differ. Build it for this world (p2o toy build --seed {seed} ...) "
+            "or leave --model out"
         )
 
 
