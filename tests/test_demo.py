@@ -66,3 +66,22 @@ def test_demo_builds_the_recipes_world_and_refuses_a_policy_built_for_another(tm
     assert code != 0
     assert "built for another world" in capsys.readouterr().err
     assert not (tmp_path / "out/grpo").exists()
+
+
+def test_a_long_quiet_step_shows_what_runs_and_for_how_long(tmp_path):
+    import io
+    import re
+    import time
+
+    from rich.console import Console
+
+    from p2o.demo import captured_output, elapsed_line
+
+    console = Console(record=True, file=io.StringIO(), width=200)
+    with elapsed_line(console, "world 7: building the toy policy"), captured_output(tmp_path / "build.log"):
+        print("pre-training noise")
+        time.sleep(1.2)
+    shown = console.export_text()
+    seconds = re.findall(r"world 7: building the toy policy (\d+) s", shown)
+    assert seconds and int(seconds[-1]) >= 1, shown
+    assert "noise" not in shown and "pre-training noise" in (tmp_path / "build.log").read_text()

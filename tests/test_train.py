@@ -156,16 +156,28 @@ def test_crm_mask_hand_built():
     assert keep.int().tolist() == [[0, 0, 1, 1, 0, 0, 0]]
 
 
-def test_crm_masks_exactly_out_of_bound_tokens(tiny_model, tmp_path):
-    tr = make_trainer(tiny_model, tmp_path, crm_low=0.9, crm_high=1.1)
+@pytest.mark.parametrize(
+    "source, untemplated",
+    [("forward", 0), ("generation", 0), ("generation", 1)],
+    ids=["forward", "gen", "gen-split"],
+)
+def test_crm_masks_exactly_out_of_bound_tokens(tiny_model, tmp_path, source, untemplated):
+    tr = make_trainer(
+        tiny_model, tmp_path, crm_low=0.9, crm_high=1.1, crm_source=source, untemplated_rollouts=untemplated
+    )
     tr.templates = {"t0": TEMPLATE}
     tr.assignments = {s.sample_id: ["t0"] * 3 for s in tiny_samples()}
     batch, out = generated_batch(tr)
+    templated = [x["p2o_templated"] for x in batch]
+    assert sum(templated) == len(batch) * (3 - untemplated) // 3
     # Recompute both log-probs independently (at the sampling temperature, as TRL scores tokens) and
     # compare with the mask the trainer produced.
     with torch.no_grad():
         for i in range(len(batch)):
             comp = out["completion_ids"][i][out["completion_mask"][i].bool()]
+            if not templated[i]:
+                assert batch[i]["p2o_gen_logps"] is None and out["tool_mask"][i].all()
+                continue
             x = out["prompt_ids"][i][out["prompt_mask"][i].bool()]
             xt = torch.tensor(batch[i]["p2o_gen_prompt_ids"])
 
@@ -175,6 +187,11 @@ def test_crm_masks_exactly_out_of_bound_tokens(tiny_model, tmp_path):
                 return torch.log_softmax(logits, -1).gather(1, comp.unsqueeze(1)).squeeze(1)
 
             ratio = (logps(x) - logps(xt)).exp()
+            generated = batch[i]["p2o_gen_logps"]
+            if source == "generation":  # the generation's own log-probs are the forward's
+                assert torch.allclose(torch.tensor(generated), logps(xt), atol=1e-4)
+            else:
+                assert generated is None
             expected = ((ratio >= 0.9) & (ratio <= 1.1)).int()
             got = out["tool_mask"][i][: len(comp)].int()
             # tokens within 1e-4 of a bound may flip on float noise; compare the others
@@ -413,7 +430,11 @@ def test_split_generation_keeps_each_completion_with_its_prompt():
     fake = Fake()
     prompts = [[10, 1], [11], [12, 1, 1], [13], [14, 1]]
     templated = [True, False, True, False, True]
-    comps, lps = P2OTrainer._generate_split(fake, prompts, templated)
+    comps, lps, scored = P2OTrainer._generate_split(fake, prompts, templated)
     assert comps == [[10, 7], [11, 7], [12, 7], [13, 7], [14, 7]]
     assert lps == [[-10.0], [-11.0], [-12.0], [-13.0], [-14.0]]
-    assert fake.calls == [3, 2]
+    assert fake.calls == [3, 2] and scored == [None] * 5
+    # Every row templated: one batch, no empty second one.
+    fake.calls = []
+    comps, _, _ = P2OTrainer._generate_split(fake, prompts, [True] * 5)
+    assert comps == [[p[0], 7] for p in prompts] and fake.calls == [5]

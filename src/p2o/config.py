@@ -30,7 +30,7 @@ reflection_max_input_tokens, meta_prompt
 preflight, phase_retries, min_phase_success, phase_wait_poll_seconds
 
 > Context distillation
-distill, crm, crm_low, crm_high, same_template_in_group, untemplated_rollouts, template_lifetime,
+distill, crm, crm_low, crm_high, crm_source, same_template_in_group, untemplated_rollouts, template_lifetime,
 retire_templates
 
 > Policy server
@@ -61,6 +61,7 @@ warnings.filterwarnings(
 REFLECTION_CHOICES = ("self", "initial", "teacher:<litellm model>")  # and the names plug-ins register
 CANDIDATE_SELECTION = ("pareto", "current_best", "epsilon_greedy")
 TEMPLATE_LIFETIMES = ("retire", "round")
+CRM_SOURCES = ("forward", "generation")
 
 
 def _check(cond: bool, field_name: str, allowed: str, value: Any) -> None:
@@ -382,6 +383,16 @@ class P2OConfig(GRPOConfig):
     crm_high: float = field(
         default=10.0, metadata={"help": "CRM: mask tokens whose π(y|x)/π(y|x̃) is above this."}
     )
+    crm_source: str = field(
+        default="forward",
+        metadata={
+            "help": "Where the CRM takes π(y|x̃) from. `forward`: a forward pass of the training model over "
+            "each templated rollout after generation, as the authors do. `generation`: the log-probs "
+            "the generation itself produced (vLLM's processed log-probs, or in process the generated "
+            'logits at the sampling temperature), which saves that forward (docs/toy.md, "Where the '
+            'time goes"). π(y|x) comes from a forward pass either way.'
+        },
+    )
     same_template_in_group: bool = field(
         default=False, metadata={"help": "One template for all K rollouts of a group (ablation)."}
     )
@@ -572,6 +583,7 @@ class P2OConfig(GRPOConfig):
             "solves a sample without its template)",
             self.retire_templates,
         )
+        _check(self.crm_source in CRM_SOURCES, "crm_source", " or ".join(CRM_SOURCES), self.crm_source)
         _check(
             self.template_lifetime in TEMPLATE_LIFETIMES,
             "template_lifetime",

@@ -158,6 +158,33 @@ class MethodLine(QuietCallback):
         self.refresh()
 
 
+class Elapsed:
+    """A console line that says what is running and for how long; a `rich.live.Live` redraws it."""
+
+    def __init__(self, text: str):
+        self.text = text
+        self.t0 = time.perf_counter()
+
+    def __rich__(self) -> Any:
+        from rich.text import Text
+
+        return Text(f"{self.text} {time.perf_counter() - self.t0:.0f} s")
+
+
+@contextlib.contextmanager
+def elapsed_line(console: Any, text: str) -> Iterator[None]:
+    """Show `text` and a running count of seconds while the block runs (the block's own output is
+    redirected elsewhere)."""
+    from rich.live import Live
+
+    with Live(
+        Elapsed(text), console=console, refresh_per_second=1, redirect_stdout=False, redirect_stderr=False
+    ):
+        yield
+    if not console.is_terminal:
+        console.line()
+
+
 @contextlib.contextmanager
 def captured_output(log_path: Path) -> Iterator[None]:
     """Send everything written to the process's stdout and stderr (Python, C libraries and child
@@ -369,8 +396,10 @@ def run_world(
     t0 = time.perf_counter()
     world_options = toy_world_options(recipe)
     if model is None:
-        console.print(f"world {seed}: toy policy (built on first use, ~2–3 min; then cached)…")
-        with captured_output(out / "build.log"):
+        building = (
+            f"world {seed}: building the toy policy (first use only, ~2–3 min; log: {out / 'build.log'})"
+        )
+        with elapsed_line(console, building), captured_output(out / "build.log"):
             model = str(ensure_toy_model(seed=seed, progress=False, **world_options))
     check_model_world(model, seed, world_options)
     console.print(f"[bold]world {seed}[/]: toy policy ready in {time.perf_counter() - t0:.1f} s: {model}")

@@ -70,6 +70,7 @@ SAMPLE_LOG_LIMIT = 400  # rows per round in rounds/round-NNN/samples.jsonl
 ROLLOUT_TEMPLATED = "p2o_templated"
 ROLLOUT_TEMPLATE_ID = "p2o_template_id"
 ROLLOUT_GEN_PROMPT_IDS = "p2o_gen_prompt_ids"
+ROLLOUT_GEN_LOGPS = "p2o_gen_logps"  # log π(y|x̃) per completion token, from the generation (crm_source)
 
 
 def _say(message: str) -> None:
@@ -203,6 +204,7 @@ class P2OTrainer(GRPOTrainer):
         self._batch_sample_ids: list[str] | None = None
         self._last_rewards: torch.Tensor | None = None
         self._sample_log_rows = 0
+        self._said_no_gen_logps = False
         # Per sample group (`Task.group_of`), rollouts since the last round: [templated successes,
         # templated rollouts, plain successes, plain rollouts]. Each round records and resets them.
         self._group_window: dict[str, list[int]] = {}
@@ -289,17 +291,30 @@ class P2OTrainer(GRPOTrainer):
         # Every rank must pass the same `num_generations` (vLLM server mode gathers prompts and
         # de-duplicates by stride): once any assignment exists, each rollout is its own request.
         n = 1 if self.assignments else num_generations
+        # The CRM's π(y|x̃) from the generation itself (`crm_source: generation`) instead of a forward.
+        score = (
+            any(templated) and self.args.distill and self.args.crm and self.args.crm_source == "generation"
+        )
+        gen_logps: list[Any] = [None] * len(prompts)
         t0 = time.perf_counter()
-        if any(templated) and not all(templated) and not self.use_vllm and images is None and not mm_fields:
-            completion_ids, logprobs = self._generate_split(gen_prompt_ids, templated)
+        in_process_text = not self.use_vllm and images is None and not mm_fields
+        if any(templated) and in_process_text and (score or not all(templated)):
+            completion_ids, logprobs, gen_logps = self._generate_split(gen_prompt_ids, templated, score)
         else:
             completion_ids, logprobs = self._generate_single_turn(gen_prompt_ids, images, mm_fields, n)
+            if score and logprobs is not None:  # vLLM: its processed log-probs of the sampled tokens
+                gen_logps = [list(lp) if t else None for lp, t in zip(logprobs, templated, strict=True)]
         if mode == "train":
             self._add_seconds("generation", time.perf_counter() - t0)
 
         if any(templated) and self.args.distill:
-            orig_prompt_ids = [list(x) for x in self._tokenize_prompts(prompts)[0]]
-            loss_prompt_ids = orig_prompt_ids
+            # x's ids for the loss; a plain row was generated from x itself.
+            originals = iter(
+                self._tokenize_prompts([p for p, t in zip(prompts, templated, strict=True) if t])[0]
+            )
+            loss_prompt_ids = [
+                list(next(originals)) if t else g for g, t in zip(gen_prompt_ids, templated, strict=True)
+            ]
             if logprobs is not None:  # neutralise IS correction for templated rollouts (ratio := 1)
                 logprobs = [
                     [float("nan")] * len(lp) if t else lp for lp, t in zip(logprobs, templated, strict=True)
@@ -313,17 +328,31 @@ class P2OTrainer(GRPOTrainer):
             ROLLOUT_TEMPLATED: templated,
             ROLLOUT_TEMPLATE_ID: template_ids,
             ROLLOUT_GEN_PROMPT_IDS: gen_prompt_ids,
+            ROLLOUT_GEN_LOGPS: gen_logps,
         }
 
-    def _generate_split(self, prompt_ids: list[list[int]], templated: list[bool]) -> tuple[list, Any]:
+    def _generate_split(
+        self, prompt_ids: list[list[int]], templated: list[bool], score: bool = False
+    ) -> tuple[list, Any, list]:
         """In-process generation in two batches, templated and plain: one batch would pad every
-        plain prompt to the templated prompts' length (on the toy world, most of the prefill)."""
+        plain prompt to the templated prompts' length (on the toy world, most of the prefill). With
+        `score`, the templated batch also returns each token's log-prob (`_generate_scored`)."""
         completions: list[Any] = [None] * len(prompt_ids)
         logprobs: list[Any] | None = [None] * len(prompt_ids)
+        scored: list[Any] = [None] * len(prompt_ids)
         for flag in (True, False):
             rows = [i for i, t in enumerate(templated) if t is flag]
+            if not rows:
+                continue
             t0 = time.perf_counter()
-            ids, lps = self._generate_single_turn([prompt_ids[i] for i in rows], None, {}, 1)
+            batch = [prompt_ids[i] for i in rows]
+            lps = None
+            if flag and score:
+                ids, token_logps = self._generate_scored(batch)
+                for j, i in enumerate(rows):
+                    scored[i] = token_logps[j]
+            else:
+                ids, lps = self._generate_single_turn(batch, None, {}, 1)
             if flag:
                 self._add_seconds("generation_templated", time.perf_counter() - t0)
             for j, i in enumerate(rows):
@@ -332,7 +361,54 @@ class P2OTrainer(GRPOTrainer):
                     logprobs[i] = lps[j]
             if lps is None:
                 logprobs = None
-        return completions, logprobs
+        return completions, logprobs, scored
+
+    def _generate_scored(self, prompt_ids: list[list[int]]) -> tuple[list[list[int]], list[list[float]]]:
+        """In-process generation, as TRL's own, that also returns log π(y_t | prompt, y_<t) of each
+        generated token at the sampling temperature: the generated logits are what a forward pass
+        over prompt + completion would give, so the CRM needs no forward of its own on x̃."""
+        from transformers import Trainer
+        from trl.models import unwrap_model_for_generation
+
+        tensors = [torch.tensor(ids) for ids in prompt_ids]
+        multiple = self.pad_to_multiple_of
+        inputs = Trainer._prepare_inputs(
+            self,
+            {
+                "input_ids": pad(
+                    tensors, self._tokenizer.pad_token_id, padding_side="left", pad_to_multiple_of=multiple
+                ),
+                "attention_mask": pad(
+                    [torch.ones_like(t) for t in tensors], 0, padding_side="left", pad_to_multiple_of=multiple
+                ),
+            },
+        )
+        with (
+            unwrap_model_for_generation(
+                self.model_wrapped,
+                self.accelerator,
+                gather_deepspeed3_params=self.args.ds3_gather_for_generation,
+                generation_kwargs=self.generation_kwargs,
+                gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
+            ) as unwrapped,
+            torch.no_grad(),
+            self._dist.summon_full_params(self.model_wrapped, recurse=False),
+        ):
+            out = unwrapped.generate(
+                **inputs,
+                generation_config=self.generation_config,
+                output_logits=True,
+                return_dict_in_generate=True,
+            )
+        completion = out.sequences[:, inputs["input_ids"].size(1) :]
+        logits = torch.stack(out.logits, dim=1).float() / self.temperature
+        token_logps = torch.log_softmax(logits, dim=-1).gather(-1, completion.unsqueeze(-1)).squeeze(-1)
+        is_eos = torch.isin(completion, torch.tensor(self.eos_token_ids, device=completion.device))
+        # Everything after the first EOS is dropped, as TRL does.
+        lengths = torch.where(is_eos.any(1), is_eos.int().argmax(1) + 1, completion.size(1)).tolist()
+        ids = [row[:n].tolist() for row, n in zip(completion.cpu(), lengths, strict=True)]
+        logps = [row[:n].tolist() for row, n in zip(token_logps.cpu(), lengths, strict=True)]
+        return ids, logps
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
@@ -360,9 +436,23 @@ class P2OTrainer(GRPOTrainer):
         """Mask templated-rollout tokens whose π(y|x)/π(y|x̃) is outside [crm_low, crm_high]."""
         rows = [i for i, x in enumerate(inputs) if x.get(ROLLOUT_TEMPLATED, False)]
         comp_ids, comp_mask = out["completion_ids"][rows], out["completion_mask"][rows]
-        logp_aug = self._completion_logps(
-            [torch.tensor(inputs[i][ROLLOUT_GEN_PROMPT_IDS]) for i in rows], comp_ids, comp_mask
-        )
+        generated = [inputs[i].get(ROLLOUT_GEN_LOGPS) for i in rows]
+        from_generation = self.args.crm_source == "generation" and all(g is not None for g in generated)
+        if self.args.crm_source == "generation" and not from_generation and not self._said_no_gen_logps:
+            self._said_no_gen_logps = True
+            _say(
+                "crm_source: generation, but this generation path gave no log-probs for templated rollouts "
+                "(in process with images or multimodal inputs); the CRM takes π(y|x̃) from a forward pass"
+            )
+        if from_generation:
+            logp_aug = torch.zeros(comp_ids.shape, dtype=torch.float32, device=comp_ids.device)
+            for j, g in enumerate(generated):
+                n = min(len(g), comp_ids.size(1))
+                logp_aug[j, :n] = torch.tensor(g[:n], dtype=torch.float32)
+        else:
+            logp_aug = self._completion_logps(
+                [torch.tensor(inputs[i][ROLLOUT_GEN_PROMPT_IDS]) for i in rows], comp_ids, comp_mask
+            )
         old = out.get("old_per_token_logps")
         if old is not None:
             logp_x = old[rows]
