@@ -138,6 +138,32 @@ def test_retire_templates_drops_samples_solved_without_template(tiny_model, tmp_
     ]
     tr._retire_solved(groups)
     assert sorted(tr.assignments) == ["s1", "s2"] and list(tr.retired) == ["s0"]
+    # `no_gain`: also when the plain rollouts do at least as well as the templated ones.
+    tr.args.retire_when = "no_gain"
+    tr.assignments = {f"n{i}": ["a"] * 4 for i in range(5)}
+    tr._retire_solved(
+        [
+            [("n0", 1.0, True), ("n0", 0.0, True), ("n0", 1.0, False), ("n0", 0.0, False)],  # 1/2 vs 1/2
+            [
+                ("n1", 1.0, True),
+                ("n1", 1.0, True),
+                ("n1", 1.0, False),
+                ("n1", 0.0, False),
+            ],  # 2/2 vs 1/2: kept
+            [
+                ("n2", 0.0, True),
+                ("n2", 0.0, True),
+                ("n2", 0.0, False),
+                ("n2", 0.0, False),
+            ],  # nothing solved: kept
+            [("n3", 0.0, True), ("n3", 0.0, True), ("n3", 1.0, False), ("n3", 0.0, False)],  # 0/2 vs 1/2
+            [("n4", 1.0, True), ("n4", 1.0, True), ("n4", 1.0, False), ("n4", 1.0, False)],  # solved
+        ]
+    )
+    assert sorted(tr.assignments) == ["n1", "n2"] and {"n0", "n3", "n4"} <= set(tr.retired)
+    tr.args.retire_when = "solved"
+    tr.assignments = {"s1": ["a"] * 3, "s2": ["a"] * 3}
+    tr.retired = {"s0": 0}
     assert tr.template_for("s0", 0, 3) is None
     state = tr.p2o_state()
     tr.retired, tr.assignments = {}, {}
@@ -438,3 +464,20 @@ def test_split_generation_keeps_each_completion_with_its_prompt():
     fake.calls = []
     comps, _, _ = P2OTrainer._generate_split(fake, prompts, [True] * 5)
     assert comps == [[p[0], 7] for p in prompts] and fake.calls == [5]
+
+
+def test_scored_generation_samples_what_trls_generation_samples(tiny_model, tmp_path):
+    """`crm_source: generation` changes where π(y|x̃) comes from, not what is generated."""
+    from transformers import set_seed
+
+    tr = make_trainer(tiny_model, tmp_path)
+    prompts = [
+        list(x)
+        for x in tr._tokenize_prompts([s["prompt"] for s in to_dataset(tiny_task(), tiny_samples())])[0]
+    ]
+    set_seed(3)
+    theirs, _ = tr._generate_single_turn(prompts, None, {}, 1)
+    set_seed(3)
+    ours, logps = tr._generate_scored(prompts)
+    assert ours == theirs and [len(x) for x in logps] == [len(x) for x in ours]
+    assert all(lp <= 0.0 for row in logps for lp in row)

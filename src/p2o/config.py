@@ -31,7 +31,7 @@ preflight, phase_retries, min_phase_success, phase_wait_poll_seconds
 
 > Context distillation
 distill, crm, crm_low, crm_high, crm_source, same_template_in_group, untemplated_rollouts, template_lifetime,
-retire_templates
+retire_templates, retire_when
 
 > Policy server
 policy_server, policy_server_port, policy_server_timeout, policy_server_continuous_batching
@@ -62,6 +62,7 @@ REFLECTION_CHOICES = ("self", "initial", "teacher:<litellm model>")  # and the n
 CANDIDATE_SELECTION = ("pareto", "current_best", "epsilon_greedy")
 TEMPLATE_LIFETIMES = ("retire", "round")
 CRM_SOURCES = ("forward", "generation")
+RETIRE_WHEN = ("solved", "no_gain")
 
 
 def _check(cond: bool, field_name: str, allowed: str, value: Any) -> None:
@@ -416,6 +417,15 @@ class P2OConfig(GRPOConfig):
             "(and a later phase can assign it anew if it turns hard). Needs untemplated_rollouts >= 1."
         },
     )
+    retire_when: str = field(
+        default="solved",
+        metadata={
+            "help": "retire_templates: which group retires a sample's templates. `solved`: every untemplated "
+            "rollout succeeded. `no_gain`: that, or the untemplated rollouts succeeded at least once and at "
+            'least as often as the templated ones: the template no longer helps (docs/toy.md, "Retiring '
+            'templates that no longer help").'
+        },
+    )
 
     # ---- failures and several processes ----
     preflight: bool = field(
@@ -583,6 +593,7 @@ class P2OConfig(GRPOConfig):
             "solves a sample without its template)",
             self.retire_templates,
         )
+        _check(self.retire_when in RETIRE_WHEN, "retire_when", " or ".join(RETIRE_WHEN), self.retire_when)
         _check(self.crm_source in CRM_SOURCES, "crm_source", " or ".join(CRM_SOURCES), self.crm_source)
         _check(
             self.template_lifetime in TEMPLATE_LIFETIMES,

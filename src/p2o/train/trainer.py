@@ -583,16 +583,24 @@ class P2OTrainer(GRPOTrainer):
         return dict(sorted(out.items()))
 
     def _retire_solved(self, groups: list[list[tuple[str, float, bool]]]) -> None:
-        """`retire_templates`: drop the templates of a sample whose untemplated rollouts all succeeded.
+        """`retire_templates`: drop the templates of a sample whose untemplated rollouts all succeeded
+        (`retire_when: solved`), or, with `no_gain`, also of one whose untemplated rollouts succeeded
+        at least once and at least as often as its templated ones.
 
         Fed the gathered groups (rows `(sample_id, reward, templated)`), so every rank drops the same
         samples. A retired sample trains as a plain one from its next group on; a later phase may
         assign it again if it turns hard.
         """
+        no_gain = self.args.retire_when == "no_gain"
         for group in groups:
             sid = group[0][0]
-            plain = [r for _, r, t in group if not t]
-            if sid in self.assignments and 0 < len(plain) < len(group) and all(r >= 1.0 for r in plain):
+            plain = [r >= 1.0 for _, r, t in group if not t]
+            templated = [r >= 1.0 for _, r, t in group if t]
+            if sid not in self.assignments or not plain or not templated:
+                continue
+            solved = all(plain)
+            gain_gone = any(plain) and sum(plain) / len(plain) >= sum(templated) / len(templated)
+            if solved or (no_gain and gain_gone):
                 del self.assignments[sid]
                 self.retired[sid] = self.state.global_step
 
