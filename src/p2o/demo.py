@@ -396,10 +396,17 @@ def run_world(
     t0 = time.perf_counter()
     world_options = toy_world_options(recipe)
     if model is None:
+        from p2o.toy.build import default_cache_dir, is_built, settings_from
+
+        settings = settings_from("default", **world_options)
+        cached = is_built(default_cache_dir(seed, settings), seed, settings)
         building = (
             f"world {seed}: building the toy policy (first use only, ~2–3 min; log: {out / 'build.log'})"
         )
-        with elapsed_line(console, building), captured_output(out / "build.log"):
+        with (
+            contextlib.nullcontext() if cached else elapsed_line(console, building),
+            captured_output(out / "build.log"),
+        ):
             model = str(ensure_toy_model(seed=seed, progress=False, **world_options))
     check_model_world(model, seed, world_options)
     console.print(f"[bold]world {seed}[/]: toy policy ready in {time.perf_counter() - t0:.1f} s: {model}")

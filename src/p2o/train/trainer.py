@@ -31,8 +31,10 @@ With nothing templated a step is exactly TRL's GRPO step.
 
 Where p2o departs from the paper: `untemplated_rollouts` (from the authors' configuration) can leave
 some rollouts of a templated group untemplated, so a group whose templated rollouts all succeed
-still carries advantage; the CRM is computed once, at generation time, with the generating policy;
-`retire_templates` (off by default) ends a sample's templating once the policy solves it unprompted.
+still carries advantage; the CRM is computed once, at generation time, with the generating policy
+(`crm_source: generation` takes π(y|x̃) from the generation's own log-probs instead of a forward);
+`retire_templates` (off by default) ends a sample's templating once the policy solves it unprompted
+(`retire_when: no_gain`: or once the template no longer raises its success).
 """
 
 from __future__ import annotations
