@@ -211,7 +211,7 @@ class P2OTrainer(GRPOTrainer):
         # templated rollouts, plain successes, plain rollouts]. Each round records and resets them.
         self._group_window: dict[str, list[int]] = {}
         self._group_labels: dict[str, str] = {}
-        # Where the time goes: seconds of generation (templated and plain), the CRM's extra forward,
+        # Where the time goes: seconds of generation (templated and plain), the CRM's forward passes,
         # the phases and the held-out evaluations (`timings()`).
         self._seconds: dict[str, float] = {}
         self._policy_server: Any = None
@@ -535,7 +535,8 @@ class P2OTrainer(GRPOTrainer):
     def timings(self) -> dict[str, float]:
         """Seconds spent so far on this process: `generation` (all training rollouts;
         `generation_templated` the templated part where plain and templated prompts are generated
-        apart), `crm` (the Context Ratio Mask's extra forward), `phase` and `heldout`."""
+        apart), `crm` (the Context Ratio Mask's forward passes: π(y|x), and π(y|x̃) unless
+        `crm_source: generation`), `phase` and `heldout`."""
         out = dict(self._seconds)
         out["phase"] = sum(float(r.get("seconds", 0.0)) for r in self.rounds)
         if self.heldout is not None:
