@@ -110,3 +110,20 @@ def test_cli_build_report_and_world(tmp_path, capsys):
     assert "hard" in capsys.readouterr().out
     assert main(["build", "--output", str(out), "--preset", "nope", "--quiet"]) == 2
     assert "unknown toy build preset" in capsys.readouterr().err
+
+
+def test_build_trains_on_until_learned_and_records_its_checks(tmp_path):
+    """Past `steps`, a build below `learned_target` trains `extend_steps` more, up to `max_steps`."""
+    never = settings_from("tiny", learned_target=1.01, extend_steps=4, max_steps=30)
+    res = build_toy_model(tmp_path / "never", seed=1, settings=never, progress=False, use_cache=False)
+    checks = res.report["learned_checks"]
+    assert [c["step"] for c in checks] == [20, 24, 28, 30]
+    assert not any(c["learned"] for c in checks) and res.report["pretrain_steps"] == 30
+    assert {"easy", "instructed"} <= set(checks[0])
+    log = [json.loads(line) for line in (res.path / "pretrain_log.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == 29
+
+    at_once = settings_from("tiny", learned_target=0.0, extend_steps=4, max_steps=30)
+    res = build_toy_model(tmp_path / "once", seed=1, settings=at_once, progress=False, use_cache=False)
+    assert [(c["step"], c["learned"]) for c in res.report["learned_checks"]] == [(20, True)]
+    assert res.report["pretrain_steps"] == 20

@@ -31,7 +31,9 @@ def test_a_default_build_that_did_not_learn_its_world_is_refused(tmp_path):
     ]
     assert B.unlearned({**leaky, "hard_acc": 0.01}, default) == []
     B.check_learned(B.BuildResult(Path("x"), good, False), 0, default)
-    with pytest.raises(B.ToyBuildError, match=r"seed 3 .*instructed_acc 0.545 < 0.9.*--steps 2000"):
+    with pytest.raises(
+        B.ToyBuildError, match=r"seed 3 .*instructed_acc 0.545 < 0.9.*after 1000 steps.*--max_steps 3000"
+    ):
         B.check_learned(B.BuildResult(Path("x"), bad, True), 3, default)
 
 

@@ -1,6 +1,6 @@
 """`p2o toy`: build the toy policy, show a world, print a build's report.
 
-p2o toy build --output_dir DIR [--seed N] [--force] [--preset default|tiny] [--steps N] [--no_cache]
+p2o toy build --output_dir DIR [--seed N] [--force] [--preset default|tiny] [--steps N] [--max_steps N] [--no_cache]
 p2o toy world [--seed N] [--problems N]
 p2o toy report DIR
 p2o toy rules --model DIR [--seed N] [--n_test N]
@@ -21,6 +21,7 @@ REPORT_KEYS = (
     "params",
     "build_seconds",
     "train_seconds",
+    "pretrain_steps",
     "instructed_acc",
     "instructed_hard_acc",
     "easy_acc",
@@ -61,7 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--preset", default="default", help="Build settings preset: default, or tiny (seconds, tests)."
     )
-    b.add_argument("--steps", type=int, default=None, help="Override the number of pre-training steps.")
+    b.add_argument(
+        "--steps", type=int, default=None, help="Override the number of planned pre-training steps (1000)."
+    )
+    b.add_argument(
+        "--max_steps",
+        type=int,
+        default=None,
+        help="Train on past --steps until learned, up to this many steps in all (default 2000).",
+    )
     b.add_argument(
         "--templated-success",
         type=float,
@@ -131,6 +140,8 @@ def _build(args: argparse.Namespace) -> int:
     overrides = {}
     if args.steps is not None:
         overrides["steps"] = args.steps
+    if args.max_steps is not None:
+        overrides["max_steps"] = args.max_steps
     if args.templated_success is not None:
         overrides["templated_success"] = args.templated_success
     if args.threads is not None:
