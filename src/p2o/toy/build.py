@@ -339,43 +339,39 @@ def pretrain(
     log: list[dict[str, Any]] = []
     checks: list[dict[str, Any]] = []
     running = float("nan")
-    done, total = 0, planned
+    step, total = 0, planned
     with _progress(progress) as bar:
         task = bar.add_task("pretrain", total=total, loss=float("nan"))
-        while True:
-            for step in range(done, total):
-                phase = "copy" if step < settings.copy_steps else "main"
-                examples = [
-                    pretraining_example(world, rng, settings, phase == "copy")
-                    for _ in range(settings.batch_size)
-                ]
-                # Length buckets waste less compute on padding.
-                examples.sort(key=lambda e: len(e[1]))
-                opt.zero_grad(set_to_none=True)
-                v = 0.0
-                size = -(-len(examples) // BUCKETS)
-                for i in range(0, len(examples), size):
-                    part = examples[i : i + size]
-                    loss = answer_loss(model, *_batch(tokenizer, part)) * len(part) / len(examples)
-                    loss.backward()
-                    v += float(loss.detach())
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                opt.step()
-                sched.step()
-                running = v if math.isnan(running) else 0.95 * running + 0.05 * v
-                if step % 10 == 0 or step == total - 1:
-                    log.append({"step": step, "phase": phase, "loss": v, "lr": sched.get_last_lr()[0]})
-                bar.update(task, advance=1, loss=running)
-            done = total
-            if settings.learned_target is None:
-                break
-            check = learned_check(model, tokenizer, world, seed, settings.eval_problems)
-            learned = min(check.values()) >= settings.learned_target
-            checks.append({"step": done, **check, "learned": learned})
-            if learned or total >= settings.max_steps:
-                break
-            total = min(settings.max_steps, total + settings.extend_steps)
-            bar.update(task, total=total)
+        while step < total:
+            phase = "copy" if step < settings.copy_steps else "main"
+            examples = [
+                pretraining_example(world, rng, settings, phase == "copy") for _ in range(settings.batch_size)
+            ]
+            # Length buckets waste less compute on padding.
+            examples.sort(key=lambda e: len(e[1]))
+            opt.zero_grad(set_to_none=True)
+            v = 0.0
+            size = -(-len(examples) // BUCKETS)
+            for i in range(0, len(examples), size):
+                part = examples[i : i + size]
+                loss = answer_loss(model, *_batch(tokenizer, part)) * len(part) / len(examples)
+                loss.backward()
+                v += float(loss.detach())
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            running = v if math.isnan(running) else 0.95 * running + 0.05 * v
+            if step % 10 == 0 or step == total - 1:
+                log.append({"step": step, "phase": phase, "loss": v, "lr": sched.get_last_lr()[0]})
+            bar.update(task, advance=1, loss=running)
+            step += 1
+            if step == total and settings.learned_target is not None:
+                check = learned_check(model, tokenizer, world, seed, settings.eval_problems)
+                learned = min(check.values()) >= settings.learned_target
+                checks.append({"step": step, **check, "learned": learned})
+                if not learned and total < settings.max_steps:
+                    total = min(settings.max_steps, total + settings.extend_steps)
+                    bar.update(task, total=total)
     model.eval()
     return log, checks
 
