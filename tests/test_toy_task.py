@@ -30,6 +30,12 @@ def test_a_default_build_that_did_not_learn_its_world_is_refused(tmp_path):
         "hard_acc 0.037 > 0.01: its hard operators leak, and plain GRPO could learn them"
     ]
     assert B.unlearned({**leaky, "hard_acc": 0.01}, default) == []
+    # One leaking operator is refused even where the average over the hard operators is clean.
+    one = {**good, "hard_acc": 0.0, "hard_acc_by_operator": {"⊕ add": 0.0017, "⊗ absdiff": 0.015}}
+    assert B.unlearned(one, default) == [
+        "hard_acc_by_operator['⊗ absdiff'] 0.015 > 0.01: its hard operators leak, and plain GRPO could learn them"
+    ]
+    assert B.unlearned({**one, "hard_acc_by_operator": {"⊗ absdiff": 0.01}}, default) == []
     B.check_learned(B.BuildResult(Path("x"), good, False), 0, default)
     with pytest.raises(
         B.ToyBuildError, match=r"seed 3 .*instructed_acc 0.545 < 0.9.*after 1000 steps.*--max_steps 3000"

@@ -32,6 +32,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -81,6 +82,8 @@ class BuildSettings:
     calibration_temperature: float = 0.6
     eval_problems: int = 400
     eval_groups: int = 300
+    # Fresh problems per hard operator for the leak check (`hard_acc_by_operator`).
+    leak_problems: int = 600
     # Torch CPU threads; 0 = two on an idle machine, one when other jobs keep the CPU busy (there,
     # two threads spin against each other and a step takes several times longer). The result is
     # the same either way, so this is not part of the fingerprint.
@@ -109,6 +112,7 @@ PRESETS: dict[str, BuildSettings] = {
         copy_steps=5,
         eval_problems=16,
         eval_groups=8,
+        leak_problems=16,
     ),
 }
 
@@ -372,6 +376,14 @@ def pretrain(
                 if not learned and total < settings.max_steps:
                     total = min(settings.max_steps, total + settings.extend_steps)
                     bar.update(task, total=total)
+    if progress and checks and not checks[-1]["learned"]:
+        last = checks[-1]
+        figures = ", ".join(f"{k} {last[k]:.3f}" for k in ("easy", "instructed"))
+        print(
+            f"toy build (seed {seed}): {figures} after {step} steps (max_steps), short of learned_target "
+            f"{settings.learned_target}; the build goes on, and its checks decide whether it is fit",
+            file=sys.stderr,
+        )
     model.eval()
     return log, checks
 
@@ -494,6 +506,7 @@ def _train_and_save(dest: Path, seed: int, settings: BuildSettings, progress: bo
             n_problems=settings.eval_problems,
             n_groups=settings.eval_groups,
             temperature=settings.calibration_temperature,
+            n_leak=settings.leak_problems,
         )
     finally:
         torch.set_num_threads(threads)
@@ -626,14 +639,17 @@ class ToyBuildError(UserError, ValueError):
 # Greedy accuracy on hard problems without an instruction above which a build's hard operators
 # leak: a blind policy answers 1 in 10^4 of them, and plain GRPO bootstraps from lucky answers. The
 # builds of worlds 4 and 11 leaked 0.0375 and 0.045, and GRPO learned world 4's leaking operator
-# (0.99); the other builds measured stayed at or below 0.01 (docs/toy.md).
+# (0.99); the other builds measured stayed at or below 0.01 (docs/toy.md). It applies to `hard_acc`
+# and to each hard operator alone (`hard_acc_by_operator`): world 51's build leaked one operator
+# (0.015 on 600 problems, the two others 0.0017) and GRPO learned it, while its `hard_acc` over all
+# three read 0.000.
 LEAK_MAX = 0.01
 
 
 def unlearned(report: dict[str, Any], settings: BuildSettings) -> list[str]:
     """The figures by which a build of the default model size is unfit for the demo: it did not learn
     its world (instructed or easy accuracy below `LEARNED_MIN`), or its hard operators leak
-    (`hard_acc` above `LEAK_MAX`).
+    (`hard_acc`, or one operator's figure in `hard_acc_by_operator`, above `LEAK_MAX`).
 
     Reduced builds (the `tiny` preset, fewer steps or another size) are not expected to learn.
     """
@@ -645,11 +661,15 @@ def unlearned(report: dict[str, Any], settings: BuildSettings) -> list[str]:
         for k in ("instructed_acc", "easy_acc")
         if isinstance(report.get(k), float | int) and report[k] < LEARNED_MIN
     ]
-    leak = report.get("hard_acc")
-    if isinstance(leak, float | int) and leak > LEAK_MAX:
-        short.append(
-            f"hard_acc {leak:.3f} > {LEAK_MAX}: its hard operators leak, and plain GRPO could learn them"
-        )
+    leaks = {"hard_acc": report.get("hard_acc")}
+    by_op = report.get("hard_acc_by_operator")
+    if isinstance(by_op, dict):
+        leaks.update({f"hard_acc_by_operator[{op!r}]": v for op, v in by_op.items()})
+    for name, leak in leaks.items():
+        if isinstance(leak, float | int) and leak > LEAK_MAX:
+            short.append(
+                f"{name} {leak:.3f} > {LEAK_MAX}: its hard operators leak, and plain GRPO could learn them"
+            )
     return short
 
 

@@ -26,6 +26,7 @@ REPORT_KEYS = (
     "instructed_hard_acc",
     "easy_acc",
     "hard_acc",
+    "hard_acc_by_operator",
     "hard_vague_acc",
     "hard_group_success_frac",
     "hard_rollout_success",
@@ -130,7 +131,11 @@ def _print_report(report: dict, path: Path) -> None:
     for key in REPORT_KEYS:
         if key in report:
             v = report[key]
-            table.add_row(key, f"{v:.4g}" if isinstance(v, float) else str(v))
+            if isinstance(v, dict):  # one row per operator
+                for name, x in v.items():
+                    table.add_row(f"{key} {name}", f"{x:.4g}" if isinstance(x, float) else str(x))
+            else:
+                table.add_row(key, f"{v:.4g}" if isinstance(v, float) else str(v))
     Console().print(table)
 
 

@@ -4,6 +4,8 @@ All figures come from real generation on fresh held-out problems (never seen in 
 
 - `instructed_acc`: greedy, an instruction naming a random rule, any easy or hard operator;
 - `easy_acc` / `hard_acc`: greedy, no instruction;
+- `hard_acc_by_operator`: the same for each hard operator alone, on `n_leak` problems each (a leak
+  in one operator is what plain GRPO bootstraps from, and an average over operators hides it);
 - `hard_group_success_frac`: K rollouts at temperature T, no instruction, hard problems: the
   fraction of groups with at least one success (plain GRPO's only learning signal);
 - `templated_*`: K rollouts at T from x̃ = T(x, right instruction) on hard problems: how often a
@@ -184,6 +186,7 @@ def measure(
     crm_low: float = 0.01,
     crm_high: float = 10.0,
     seed: int = 0,
+    n_leak: int = 600,
 ) -> dict[str, Any]:
     """All figures of the build report (see the module docstring)."""
     import math
@@ -247,8 +250,17 @@ def measure(
     gold_ids = [tokenizer(a, add_special_tokens=False)["input_ids"] for a in gold.answers]
     lps = completion_logprobs(model, tokenizer, [prompt_text(q) for q in gold.problems], gold_ids)[1.0]
     r["hard_gold_digit_prob_mean"] = sum(math.exp(v) for row in lps for v in row) / sum(map(len, lps))
+    # Per hard operator, on its own random stream (the figures above stay as they were).
+    leak_rng = random.Random(f"p2o-toy-leak-{world.seed}-{seed}")
+    r["hard_acc_by_operator"] = {
+        f"{op} {world.operators[op]}": accuracy(
+            model, tokenizer, probe(world, leak_rng, [op], n_leak, None), d
+        )
+        for op in hard
+    }
     r["eval"] = {
         "problems_per_accuracy": n_problems,
+        "problems_per_hard_operator": n_leak,
         "groups": n_groups,
         "k": k,
         "temperature": temperature,
