@@ -118,7 +118,7 @@ def test_cli_build_report_and_world(tmp_path, capsys):
 def test_build_trains_on_until_learned_and_records_its_checks(tmp_path, capsys):
     """Past `steps`, a build below `learned_target` trains `extend_steps` more, up to `max_steps`."""
     never = settings_from("tiny", learned_target=1.01, extend_steps=4, max_steps=30)
-    res = build_toy_model(tmp_path / "never", seed=1, settings=never, progress=True, use_cache=False)
+    res = build_toy_model(tmp_path / "never", seed=1, settings=never, progress=False, use_cache=False)
     assert "after 30 steps (max_steps), short of learned_target 1.01" in capsys.readouterr().err
     checks = res.report["learned_checks"]
     assert [c["step"] for c in checks] == [20, 24, 28, 30]
@@ -128,7 +128,7 @@ def test_build_trains_on_until_learned_and_records_its_checks(tmp_path, capsys):
     assert log[-1]["step"] == 29
 
     at_once = settings_from("tiny", learned_target=0.0, extend_steps=4, max_steps=30)
-    res = build_toy_model(tmp_path / "once", seed=1, settings=at_once, progress=True, use_cache=False)
+    res = build_toy_model(tmp_path / "once", seed=1, settings=at_once, progress=False, use_cache=False)
     assert [(c["step"], c["learned"]) for c in res.report["learned_checks"]] == [(20, True)]
     assert "short of learned_target" not in capsys.readouterr().err
     assert res.report["pretrain_steps"] == 20

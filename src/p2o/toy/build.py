@@ -376,7 +376,7 @@ def pretrain(
                 if not learned and total < settings.max_steps:
                     total = min(settings.max_steps, total + settings.extend_steps)
                     bar.update(task, total=total)
-    if progress and checks and not checks[-1]["learned"]:
+    if checks and not checks[-1]["learned"]:  # a message, not progress: shown with the bar off too
         last = checks[-1]
         figures = ", ".join(f"{k} {last[k]:.3f}" for k in ("easy", "instructed"))
         print(

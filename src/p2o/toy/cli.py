@@ -128,14 +128,12 @@ def _print_report(report: dict, path: Path) -> None:
     table = Table(title=f"toy policy, seed {report.get('seed')}: {path}")
     table.add_column("figure")
     table.add_column("value", justify="right")
-    for key in REPORT_KEYS:
-        if key in report:
-            v = report[key]
-            if isinstance(v, dict):  # one row per operator
-                for name, x in v.items():
-                    table.add_row(f"{key} {name}", f"{x:.4g}" if isinstance(x, float) else str(x))
-            else:
-                table.add_row(key, f"{v:.4g}" if isinstance(v, float) else str(v))
+    for key in (k for k in REPORT_KEYS if k in report):
+        v = report[key]
+        # A dict figure (per operator) gives one row per entry.
+        rows = {f"{key} {name}": x for name, x in v.items()} if isinstance(v, dict) else {key: v}
+        for name, x in rows.items():
+            table.add_row(name, f"{x:.4g}" if isinstance(x, float) else str(x))
     Console().print(table)
 
 
