@@ -31,6 +31,8 @@ def test_quick_demo_writes_results_table_and_curves(tmp_path):
         assert [p[0] for p in row["hard_acc_curve"]] == [0, 1, 2]
         assert row["train_seconds"] > 0
     assert saved["methods"]["grpo"]["gepa_metric_calls"] == 0
+    # How the build came to be travels with the results.
+    assert saved["build"]["attempts"] == 1 and saved["build"]["pretrain_steps"] == 20
     assert saved["methods"]["p2o_teacher"]["rounds"][0]["status"] in ("done", "skipped")
     assert "| p2o_teacher |" in (tmp_path / "demo/results.md").read_text()
     assert (tmp_path / "demo/curves.png").stat().st_size > 1000
@@ -66,6 +68,29 @@ def test_demo_builds_the_recipes_world_and_refuses_a_policy_built_for_another(tm
     assert code != 0
     assert "built for another world" in capsys.readouterr().err
     assert not (tmp_path / "out/grpo").exists()
+
+
+def test_demo_says_when_a_given_policy_would_be_refused_as_a_build(tmp_path):
+    from dataclasses import asdict
+
+    from p2o.demo import unfit_figures
+    from p2o.toy.build import settings_from
+
+    model = tmp_path / "model"
+    model.mkdir()
+    assert unfit_figures(str(model)) == []  # no report.json: nothing to say
+    report = {
+        "instructed_acc": 0.95,
+        "easy_acc": 0.7,
+        "hard_acc": 0.0,
+        "hard_acc_by_operator": {"⊗ add": 0.02},
+    }
+    (model / "report.json").write_text(json.dumps({**report, "settings": asdict(settings_from())}))
+    short = unfit_figures(str(model))
+    assert short[0] == "easy_acc 0.700 < 0.9" and "hard_acc_by_operator['⊗ add'] 0.020 > 0.01" in short[1]
+    # A reduced build is not expected to learn.
+    (model / "report.json").write_text(json.dumps({**report, "settings": asdict(settings_from("tiny"))}))
+    assert unfit_figures(str(model)) == []
 
 
 def test_a_long_quiet_step_shows_what_runs_and_for_how_long(tmp_path):

@@ -1,5 +1,6 @@
 """The toy policy: tokenizer and chat template round trips, a reduced-size build, the cache, the CLI."""
 
+import dataclasses
 import json
 
 import pytest
@@ -132,3 +133,52 @@ def test_build_trains_on_until_learned_and_records_its_checks(tmp_path, capsys):
     assert [(c["step"], c["learned"]) for c in res.report["learned_checks"]] == [(20, True)]
     assert "short of learned_target" not in capsys.readouterr().err
     assert res.report["pretrain_steps"] == 20
+
+
+def test_build_starts_over_when_its_check_after_steps_reads_below_restart_below(tmp_path, capsys):
+    """A check below `restart_below` discards the attempt; the last attempt is kept and trains on."""
+    low = settings_from(
+        "tiny", learned_target=1.01, extend_steps=4, max_steps=24, restart_below=1.01, restarts=1
+    )
+    res = build_toy_model(tmp_path / "low", seed=1, settings=low, progress=False, use_cache=False)
+    err = capsys.readouterr().err
+    assert (
+        "toy build (seed 1): attempt 1 of 2 discarded (" in err
+        and "< restart_below 1.01 after 20 steps" in err
+    )
+    assert "starting over from a fresh initialisation" in err
+    assert res.report["attempts"] == 2
+    (gone,) = res.report["discarded_attempts"]
+    assert gone["attempt"] == 1 and [c["step"] for c in gone["learned_checks"]] == [20]
+    assert gone["learned_checks"][-1]["restart"] is True
+    # The kept attempt was not cut short: it trained on to max_steps.
+    assert [c["step"] for c in res.report["learned_checks"]] == [20, 24] and res.report[
+        "pretrain_steps"
+    ] == 24
+
+    # A first attempt that passes is the build made without restarts, weight for weight.
+    ok = settings_from("tiny", learned_target=0.0, restart_below=0.0, restarts=2)
+    never = settings_from("tiny", learned_target=0.0, restart_below=None, restarts=0)
+    a = build_toy_model(tmp_path / "a", seed=1, settings=ok, progress=False, use_cache=False)
+    b = build_toy_model(tmp_path / "b", seed=1, settings=never, progress=False, use_cache=False)
+    assert a.report["attempts"] == 1 and a.report["discarded_attempts"] == []
+    assert (a.path / "model.safetensors").read_bytes() == (b.path / "model.safetensors").read_bytes()
+    # A later attempt draws another initialisation and data stream.
+    once = dataclasses.replace(low, restarts=0)
+    c = build_toy_model(tmp_path / "c", seed=1, settings=once, progress=False, use_cache=False)
+    assert (res.path / "pretrain_log.jsonl").read_text() != (c.path / "pretrain_log.jsonl").read_text()
+
+
+def test_build_starts_over_when_its_hard_operators_leak(tmp_path, capsys, monkeypatch):
+    from p2o.toy import build as B
+
+    # Stand-ins: every figure counts as a leak, and the tiny build as one expected to learn.
+    monkeypatch.setattr(B, "LEAK_MAX", -1.0)
+    monkeypatch.setattr(B, "expected_to_learn", lambda settings: True)
+    s = settings_from("tiny", restarts=1)
+    res = build_toy_model(tmp_path / "leaky", seed=3, settings=s, progress=False, use_cache=False)
+    err = capsys.readouterr().err
+    assert "attempt 1 of 2 discarded (hard_acc 0.000 > -1.0: its hard operators leak" in err
+    assert res.report["attempts"] == 2 and "leak" in res.report["discarded_attempts"][0]["why"]
+    # The last attempt is kept whatever it reads; the refusal is `unlearned`'s to make.
+    assert B.unlearned(res.report, s)

@@ -377,6 +377,32 @@ def check_model_world(model: str, seed: int, world_options: dict[str, Any]) -> N
         )
 
 
+def unfit_figures(model: str) -> list[str]:
+    """What `p2o.toy.build.unlearned` finds wrong with a toy build's report.json ([] without one)."""
+    import dataclasses
+
+    from p2o.toy.build import BuildSettings, settings_from, unlearned
+
+    try:
+        report = json.loads((Path(model) / "report.json").read_text())
+        names = {f.name for f in dataclasses.fields(BuildSettings)}
+        saved = {k: v for k, v in report.get("settings", {}).items() if k in names}
+        return unlearned(report, settings_from("default", **saved))
+    except (OSError, ValueError, TypeError):
+        return []
+
+
+def build_summary(model: str) -> dict[str, Any]:
+    """How a toy build came to be (steps, attempts, its checks), from its report.json; {} for a
+    policy without one."""
+    try:
+        report = json.loads((Path(model) / "report.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    keys = ("pretrain_steps", "attempts", "learned_checks", "discarded_attempts")
+    return {k: report[k] for k in keys if k in report}
+
+
 def run_world(
     methods: list[str],
     seed: int,
@@ -395,6 +421,7 @@ def run_world(
 
     t0 = time.perf_counter()
     world_options = toy_world_options(recipe)
+    given = model is not None
     if model is None:
         from p2o.toy.build import default_cache_dir, is_built, settings_from
 
@@ -409,12 +436,22 @@ def run_world(
         ):
             model = str(ensure_toy_model(seed=seed, progress=False, **world_options))
     check_model_world(model, seed, world_options)
-    console.print(f"[bold]world {seed}[/]: toy policy ready in {time.perf_counter() - t0:.1f} s: {model}")
+    build = build_summary(model)
+    if given and (short := unfit_figures(model)):  # the user's choice, so said, not refused
+        console.print(
+            f"[yellow]world {seed}: toy policy {escape(model)} would be refused as a build of its own "
+            f"({escape('; '.join(short))}); the demo's targets assume a fit one[/]"
+        )
+    restarted = f" (attempt {build['attempts']}; see its report.json)" if build.get("attempts", 1) > 1 else ""
+    console.print(
+        f"[bold]world {seed}[/]: toy policy ready in {time.perf_counter() - t0:.1f} s{restarted}: {model}"
+    )
     results: dict[str, Any] = {
         "seed": seed,
         "recipe": str(recipe_path),
         "overrides": overrides,
         "model": model,
+        "build": build,
         "methods": {},
     }
     max_steps = int(overrides.get("max_steps") or recipe.get("max_steps") or 0)

@@ -35,6 +35,7 @@ import shutil
 import sys
 import tempfile
 import time
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,14 @@ class BuildSettings:
     learned_target: float | None = 0.995
     extend_steps: int = 250
     max_steps: int = 2000
+    # Start over: when the check at `steps` reads below `restart_below` (either figure), or the
+    # finished build's hard operators leak (above `LEAK_MAX`), the build starts again from a fresh
+    # initialisation and data stream, up to `restarts` times; the last attempt is kept whatever it
+    # reads (its checks decide whether it is fit). Pre-training converges slowly for some
+    # initialisations, and those builds are the ones RL erodes or distils slowly (docs/toy.md,
+    # "Start over"). None / 0: the build never starts over (the behaviour before).
+    restart_below: float | None = 0.97
+    restarts: int = 2
     batch_size: int = 64
     learning_rate: float = 3e-3
     # Qwen3's RMS norms on queries and keys cap how sharp attention can be until their weights grow.
@@ -113,6 +122,8 @@ PRESETS: dict[str, BuildSettings] = {
         eval_problems=16,
         eval_groups=8,
         leak_problems=16,
+        restart_below=None,
+        restarts=0,
     ),
 }
 
@@ -275,11 +286,11 @@ class BuildResult:
     reused: bool
 
 
-def _progress(enabled: bool):
+def _progress(enabled: bool, attempt: int = 0):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     return Progress(
-        TextColumn("[bold]toy pre-training[/]"),
+        TextColumn("[bold]toy pre-training[/]" + (f" (attempt {attempt + 1})" if attempt else "")),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("loss {task.fields[loss]:.3f}"),
@@ -310,15 +321,30 @@ def learned_check(model: Any, tokenizer: Any, world: W.ToyWorld, seed: int, n: i
         model.train(was_training)
 
 
+def attempt_seed(seed: int, attempt: int) -> int:
+    """The torch seed of a build's `attempt` (0: the seed itself, so first attempts are unchanged)."""
+    return seed if attempt == 0 else zlib.crc32(f"p2o-toy-attempt-{seed}-{attempt}".encode())
+
+
 def pretrain(
-    model: Any, tokenizer: Any, world: W.ToyWorld, settings: BuildSettings, seed: int, progress: bool
+    model: Any,
+    tokenizer: Any,
+    world: W.ToyWorld,
+    settings: BuildSettings,
+    seed: int,
+    progress: bool,
+    attempt: int = 0,
+    restart_below: float | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Train `model` in place, until learned (`BuildSettings.learned_target`); returns the loss log
-    (one row per 10 steps) and the checks made after `steps` (one row per check)."""
+    (one row per 10 steps) and the checks made after `steps` (one row per check). With
+    `restart_below`, it stops right after the check at `steps` when that reads below it (the last
+    check's `restart` is then True): the caller starts over."""
     import torch
 
-    rng = random.Random(f"p2o-toy-pretrain-{seed}")
-    torch.manual_seed(seed)
+    stream = f"p2o-toy-pretrain-{seed}" + (f"-attempt-{attempt}" if attempt else "")
+    rng = random.Random(stream)
+    torch.manual_seed(attempt_seed(seed, attempt))
     norms = [p for n, p in model.named_parameters() if "norm" in n]
     rest = [p for n, p in model.named_parameters() if "norm" not in n]
     opt = torch.optim.AdamW(
@@ -344,7 +370,7 @@ def pretrain(
     checks: list[dict[str, Any]] = []
     running = float("nan")
     step, total = 0, planned
-    with _progress(progress) as bar:
+    with _progress(progress, attempt) as bar:
         task = bar.add_task("pretrain", total=total, loss=float("nan"))
         while step < total:
             phase = "copy" if step < settings.copy_steps else "main"
@@ -373,10 +399,14 @@ def pretrain(
                 check = learned_check(model, tokenizer, world, seed, settings.eval_problems)
                 learned = min(check.values()) >= settings.learned_target
                 checks.append({"step": step, **check, "learned": learned})
+                if step == planned and restart_below is not None and min(check.values()) < restart_below:
+                    checks[-1]["restart"] = True
+                    break
                 if not learned and total < settings.max_steps:
                     total = min(settings.max_steps, total + settings.extend_steps)
                     bar.update(task, total=total)
-    if checks and not checks[-1]["learned"]:  # a message, not progress: shown with the bar off too
+    if checks and not checks[-1]["learned"] and not checks[-1].get("restart"):
+        # a message, not progress: shown with the bar off too
         last = checks[-1]
         figures = ", ".join(f"{k} {last[k]:.3f}" for k in ("easy", "instructed"))
         print(
@@ -491,23 +521,48 @@ def _train_and_save(dest: Path, seed: int, settings: BuildSettings, progress: bo
     try:
         world = settings.world(seed)
         tokenizer = build_tokenizer()
-        model = build_model(tokenizer, settings.size, seed)
-        log, checks = pretrain(model, tokenizer, world, settings, seed, progress)
-        calibration = None
-        if settings.templated_success is not None:
-            calibration = calibrate(
-                model, tokenizer, world, settings.templated_success, settings.calibration_temperature, seed
+        discarded: list[dict[str, Any]] = []
+        for attempt in range(settings.restarts + 1):
+            last = attempt == settings.restarts
+            model = build_model(tokenizer, settings.size, attempt_seed(seed, attempt))
+            restart_below = None if last else settings.restart_below
+            log, checks = pretrain(model, tokenizer, world, settings, seed, progress, attempt, restart_below)
+            if checks and checks[-1].get("restart"):
+                c = checks[-1]
+                why = [f"{k} {c[k]:.3f}" for k in ("easy", "instructed") if c[k] < settings.restart_below]
+                why_text = (
+                    f"{', '.join(why)} < restart_below {settings.restart_below} after {c['step']} steps"
+                )
+                discarded.append({"attempt": attempt + 1, "why": why_text, "learned_checks": checks})
+                _say_restart(seed, attempt, settings.restarts, why_text)
+                continue
+            calibration = None
+            if settings.templated_success is not None:
+                calibration = calibrate(
+                    model,
+                    tokenizer,
+                    world,
+                    settings.templated_success,
+                    settings.calibration_temperature,
+                    seed,
+                )
+            train_seconds = time.perf_counter() - t0
+            figures = measure(
+                model,
+                tokenizer,
+                world,
+                n_problems=settings.eval_problems,
+                n_groups=settings.eval_groups,
+                temperature=settings.calibration_temperature,
+                n_leak=settings.leak_problems,
             )
-        train_seconds = time.perf_counter() - t0
-        figures = measure(
-            model,
-            tokenizer,
-            world,
-            n_problems=settings.eval_problems,
-            n_groups=settings.eval_groups,
-            temperature=settings.calibration_temperature,
-            n_leak=settings.leak_problems,
-        )
+            leaks = _leaks(figures) if expected_to_learn(settings) else []
+            if leaks and not last:
+                why_text = "; ".join(leaks)
+                discarded.append({"attempt": attempt + 1, "why": why_text, "learned_checks": checks})
+                _say_restart(seed, attempt, settings.restarts, why_text)
+                continue
+            break
     finally:
         torch.set_num_threads(threads)
     dest.mkdir(parents=True, exist_ok=True)
@@ -523,6 +578,9 @@ def _train_and_save(dest: Path, seed: int, settings: BuildSettings, progress: bo
         "calibration": calibration,
         "pretrain_steps": checks[-1]["step"] if checks else settings.steps,
         "learned_checks": checks,
+        # Attempts the build started over from (`BuildSettings.restarts`), with why.
+        "attempts": len(discarded) + 1,
+        "discarded_attempts": discarded,
         "threads": used_threads,
         "train_seconds": round(train_seconds, 1),
         "build_seconds": round(time.perf_counter() - t0, 1),
@@ -539,6 +597,15 @@ def _train_and_save(dest: Path, seed: int, settings: BuildSettings, progress: bo
     build = {"fingerprint": fingerprint(seed, settings), "seed": seed, "settings": asdict(settings)}
     (dest / BUILD_FILE).write_text(json.dumps(build, indent=2) + "\n")
     return report
+
+
+def _say_restart(seed: int, attempt: int, restarts: int, why: str) -> None:
+    # a message, not progress: shown with the bar off too
+    print(
+        f"toy build (seed {seed}): attempt {attempt + 1} of {restarts + 1} discarded ({why}); "
+        "starting over from a fresh initialisation",
+        file=sys.stderr,
+    )
 
 
 def _replace_dir(src: Path, dest: Path) -> None:
@@ -646,6 +713,13 @@ class ToyBuildError(UserError, ValueError):
 LEAK_MAX = 0.01
 
 
+def expected_to_learn(settings: BuildSettings) -> bool:
+    """A build of the default model size and at least the default steps (reduced ones, such as the
+    `tiny` preset, are not expected to learn their world)."""
+    default = PRESETS["default"]
+    return settings.size == default.size and settings.steps >= default.steps
+
+
 def unlearned(report: dict[str, Any], settings: BuildSettings) -> list[str]:
     """The figures by which a build of the default model size is unfit for the demo: it did not learn
     its world (instructed or easy accuracy below `LEARNED_MIN`), or its hard operators leak
@@ -653,24 +727,27 @@ def unlearned(report: dict[str, Any], settings: BuildSettings) -> list[str]:
 
     Reduced builds (the `tiny` preset, fewer steps or another size) are not expected to learn.
     """
-    default = PRESETS["default"]
-    if settings.size != default.size or settings.steps < default.steps:
+    if not expected_to_learn(settings):
         return []
     short = [
         f"{k} {report[k]:.3f} < {LEARNED_MIN}"
         for k in ("instructed_acc", "easy_acc")
         if isinstance(report.get(k), float | int) and report[k] < LEARNED_MIN
     ]
+    return short + _leaks(report)
+
+
+def _leaks(report: dict[str, Any]) -> list[str]:
+    """`hard_acc` and each figure of `hard_acc_by_operator` above `LEAK_MAX`, said."""
     leaks = {"hard_acc": report.get("hard_acc")}
     by_op = report.get("hard_acc_by_operator")
     if isinstance(by_op, dict):
         leaks.update({f"hard_acc_by_operator[{op!r}]": v for op, v in by_op.items()})
-    for name, leak in leaks.items():
-        if isinstance(leak, float | int) and leak > LEAK_MAX:
-            short.append(
-                f"{name} {leak:.3f} > {LEAK_MAX}: its hard operators leak, and plain GRPO could learn them"
-            )
-    return short
+    return [
+        f"{name} {leak:.3f} > {LEAK_MAX}: its hard operators leak, and plain GRPO could learn them"
+        for name, leak in leaks.items()
+        if isinstance(leak, float | int) and leak > LEAK_MAX
+    ]
 
 
 def check_learned(result: BuildResult, seed: int, settings: BuildSettings) -> None:
@@ -679,11 +756,14 @@ def check_learned(result: BuildResult, seed: int, settings: BuildSettings) -> No
     if short:
         steps = result.report.get("pretrain_steps", settings.steps)
         more = max(steps, settings.max_steps) + 1000
+        attempts = result.report.get("attempts", 1)
+        tries = f"after {attempts} attempts, " if attempts > 1 else ""
         raise ToyBuildError(
             f"the toy policy of seed {seed} in {result.path} is unfit for the demo ({'; '.join(short)}; "
             f"see its report.json and pretrain_loss.png): pre-training converges more slowly for some "
-            f"seeds, and this one was stopped after {steps} steps. Build it with more (p2o toy build "
-            f"--seed {seed} --max_steps {more} --output DIR) and pass DIR as the model, or use another seed."
+            f"initialisations, and this one was stopped {tries}after {steps} steps. Build it with more "
+            f"(p2o toy build --seed {seed} --restarts {settings.restarts + 2} --max_steps {more} --output DIR) "
+            "and pass DIR as the model, or use another seed."
         )
 
 

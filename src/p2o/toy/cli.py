@@ -1,6 +1,6 @@
 """`p2o toy`: build the toy policy, show a world, print a build's report.
 
-p2o toy build --output_dir DIR [--seed N] [--force] [--preset default|tiny] [--steps N] [--max_steps N] [--no_cache]
+p2o toy build --output_dir DIR [--seed N] [--force] [--preset default|tiny] [--steps N] [--max_steps N] [--restarts N] [--no_cache]
 p2o toy world [--seed N] [--problems N]
 p2o toy report DIR
 p2o toy rules --model DIR [--seed N] [--n_test N]
@@ -22,6 +22,7 @@ REPORT_KEYS = (
     "build_seconds",
     "train_seconds",
     "pretrain_steps",
+    "attempts",
     "instructed_acc",
     "instructed_hard_acc",
     "easy_acc",
@@ -71,6 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="Train on past --steps until learned, up to this many steps in all (default 2000).",
+    )
+    b.add_argument(
+        "--restarts",
+        type=int,
+        default=None,
+        help="Start over from a fresh initialisation up to this many times when the check after --steps "
+        "reads below 0.97 or the hard operators leak (default 2; 0: never).",
     )
     b.add_argument(
         "--templated-success",
@@ -145,6 +153,8 @@ def _build(args: argparse.Namespace) -> int:
         overrides["steps"] = args.steps
     if args.max_steps is not None:
         overrides["max_steps"] = args.max_steps
+    if args.restarts is not None:
+        overrides["restarts"] = args.restarts
     if args.templated_success is not None:
         overrides["templated_success"] = args.templated_success
     if args.threads is not None:
