@@ -178,7 +178,8 @@ def test_build_starts_over_when_its_hard_operators_leak(tmp_path, capsys, monkey
     s = settings_from("tiny", restarts=1)
     res = build_toy_model(tmp_path / "leaky", seed=3, settings=s, progress=False, use_cache=False)
     err = capsys.readouterr().err
-    assert "attempt 1 of 2 discarded (hard_acc 0.000 > -1.0: its hard operators leak" in err
+    assert "attempt 1 of 2 discarded (hard_acc 0.000 > -1.0, hard_acc_by_operator[" in err
+    assert err.count("its hard operators leak") == 1
     assert res.report["attempts"] == 2 and "leak" in res.report["discarded_attempts"][0]["why"]
     # The last attempt is kept whatever it reads; the refusal is `unlearned`'s to make.
     assert B.unlearned(res.report, s)

@@ -38,9 +38,22 @@ def test_a_default_build_that_did_not_learn_its_world_is_refused(tmp_path):
     assert B.unlearned({**one, "hard_acc_by_operator": {"⊗ absdiff": 0.01}}, default) == []
     B.check_learned(B.BuildResult(Path("x"), good, False), 0, default)
     with pytest.raises(
-        B.ToyBuildError, match=r"seed 3 .*instructed_acc 0.545 < 0.9.*after 1000 steps.*--max_steps 3000"
+        B.ToyBuildError,
+        match=r"seed 3 .*instructed_acc 0.545 < 0.9.*converges more slowly.*after 1000 steps.*--restarts 4 "
+        r"--max_steps 3000",
     ):
         B.check_learned(B.BuildResult(Path("x"), bad, True), 3, default)
+    # Two leaks are said in one line, and the message says what decides a leak.
+    two = {**one, "hard_acc": 0.02, "attempts": 3}
+    (said,) = B.unlearned(two, default)
+    assert said == (
+        "hard_acc 0.020 > 0.01, hard_acc_by_operator['⊗ absdiff'] 0.015 > 0.01: its hard operators leak, "
+        "and plain GRPO could learn them"
+    )
+    with pytest.raises(
+        B.ToyBuildError, match=r"decided by its initialisation.*after 3 attempts, the last 1000"
+    ):
+        B.check_learned(B.BuildResult(Path("x"), two, True), 3, default)
 
 
 def test_build_fingerprint_ignores_comments_docstrings_and_formatting():

@@ -558,7 +558,7 @@ def _train_and_save(dest: Path, seed: int, settings: BuildSettings, progress: bo
             )
             leaks = _leaks(figures) if expected_to_learn(settings) else []
             if leaks and not last:
-                why_text = "; ".join(leaks)
+                why_text = f"{', '.join(leaks)}: {LEAKING}"
                 discarded.append({"attempt": attempt + 1, "why": why_text, "learned_checks": checks})
                 _say_restart(seed, attempt, settings.restarts, why_text)
                 continue
@@ -711,6 +711,7 @@ class ToyBuildError(UserError, ValueError):
 # (0.015 on 600 problems, the two others 0.0017) and GRPO learned it, while its `hard_acc` over all
 # three read 0.000.
 LEAK_MAX = 0.01
+LEAKING = "its hard operators leak, and plain GRPO could learn them"
 
 
 def expected_to_learn(settings: BuildSettings) -> bool:
@@ -734,17 +735,20 @@ def unlearned(report: dict[str, Any], settings: BuildSettings) -> list[str]:
         for k in ("instructed_acc", "easy_acc")
         if isinstance(report.get(k), float | int) and report[k] < LEARNED_MIN
     ]
-    return short + _leaks(report)
+    leaks = _leaks(report)
+    if leaks:
+        short.append(f"{', '.join(leaks)}: {LEAKING}")
+    return short
 
 
 def _leaks(report: dict[str, Any]) -> list[str]:
-    """`hard_acc` and each figure of `hard_acc_by_operator` above `LEAK_MAX`, said."""
+    """`hard_acc` and each figure of `hard_acc_by_operator` above `LEAK_MAX` ("name value > max")."""
     leaks = {"hard_acc": report.get("hard_acc")}
     by_op = report.get("hard_acc_by_operator")
     if isinstance(by_op, dict):
         leaks.update({f"hard_acc_by_operator[{op!r}]": v for op, v in by_op.items()})
     return [
-        f"{name} {leak:.3f} > {LEAK_MAX}: its hard operators leak, and plain GRPO could learn them"
+        f"{name} {leak:.3f} > {LEAK_MAX}"
         for name, leak in leaks.items()
         if isinstance(leak, float | int) and leak > LEAK_MAX
     ]
@@ -757,13 +761,18 @@ def check_learned(result: BuildResult, seed: int, settings: BuildSettings) -> No
         steps = result.report.get("pretrain_steps", settings.steps)
         more = max(steps, settings.max_steps) + 1000
         attempts = result.report.get("attempts", 1)
-        tries = f"after {attempts} attempts, " if attempts > 1 else ""
+        tries = f"{attempts} attempts, the last " if attempts > 1 else ""
+        why = (
+            "whether a build's hard operators leak is decided by its initialisation"
+            if all(LEAKING in x for x in short)
+            else "pre-training converges more slowly for some initialisations"
+        )
         raise ToyBuildError(
             f"the toy policy of seed {seed} in {result.path} is unfit for the demo ({'; '.join(short)}; "
-            f"see its report.json and pretrain_loss.png): pre-training converges more slowly for some "
-            f"initialisations, and this one was stopped {tries}after {steps} steps. Build it with more "
-            f"(p2o toy build --seed {seed} --restarts {settings.restarts + 2} --max_steps {more} --output DIR) "
-            "and pass DIR as the model, or use another seed."
+            f"see its report.json and pretrain_loss.png): {why}, and this build stopped after {tries}"
+            f"{steps} steps. Build it with more (p2o toy build --seed {seed} --restarts "
+            f"{settings.restarts + 2} --max_steps {more} --output DIR) and pass DIR as the model, or use "
+            "another seed."
         )
 
 
