@@ -428,7 +428,8 @@ def run_world(
         settings = settings_from("default", **world_options)
         cached = is_built(default_cache_dir(seed, settings), seed, settings)
         building = (
-            f"world {seed}: building the toy policy (first use only, ~2–3 min; log: {out / 'build.log'})"
+            f"world {seed}: building the toy policy (first use only, ~2–3 min, more if it starts over; "
+            f"log: {out / 'build.log'})"
         )
         with (
             contextlib.nullcontext() if cached else elapsed_line(console, building),
