@@ -73,12 +73,12 @@ def test_demo_builds_the_recipes_world_and_refuses_a_policy_built_for_another(tm
 def test_demo_says_when_a_given_policy_would_be_refused_as_a_build(tmp_path):
     from dataclasses import asdict
 
-    from p2o.demo import unfit_figures
+    from p2o.demo import build_report, unfit_figures
     from p2o.toy.build import settings_from
 
     model = tmp_path / "model"
     model.mkdir()
-    assert unfit_figures(str(model)) == []  # no report.json: nothing to say
+    assert unfit_figures(build_report(str(model))) == []  # no report.json: nothing to say
     report = {
         "instructed_acc": 0.95,
         "easy_acc": 0.7,
@@ -86,11 +86,11 @@ def test_demo_says_when_a_given_policy_would_be_refused_as_a_build(tmp_path):
         "hard_acc_by_operator": {"⊗ add": 0.02},
     }
     (model / "report.json").write_text(json.dumps({**report, "settings": asdict(settings_from())}))
-    short = unfit_figures(str(model))
+    short = unfit_figures(build_report(str(model)))
     assert short[0] == "easy_acc 0.700 < 0.9" and "hard_acc_by_operator['⊗ add'] 0.020 > 0.01" in short[1]
     # A reduced build is not expected to learn.
     (model / "report.json").write_text(json.dumps({**report, "settings": asdict(settings_from("tiny"))}))
-    assert unfit_figures(str(model)) == []
+    assert unfit_figures(build_report(str(model))) == []
 
 
 def test_a_long_quiet_step_shows_what_runs_and_for_how_long(tmp_path):

@@ -377,28 +377,37 @@ def check_model_world(model: str, seed: int, world_options: dict[str, Any]) -> N
         )
 
 
-def unfit_figures(model: str) -> list[str]:
-    """What `p2o.toy.build.unlearned` finds wrong with a toy build's report.json ([] without one)."""
+def build_report(model: str) -> dict[str, Any]:
+    """A toy build's report.json, read once for `unfit_figures` and `build_summary` ({} for a policy
+    without one)."""
+    from p2o.toy.build import REPORT_FILE
+
+    try:
+        report = json.loads((Path(model) / REPORT_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return report if isinstance(report, dict) else {}
+
+
+def unfit_figures(report: dict[str, Any]) -> list[str]:
+    """What `p2o.toy.build.unlearned` finds wrong with a toy build's report ([] for an empty one)."""
     import dataclasses
 
     from p2o.toy.build import BuildSettings, settings_from, unlearned
 
+    if not report:
+        return []
+    names = {f.name for f in dataclasses.fields(BuildSettings)}
+    settings = report.get("settings")
+    saved = {k: v for k, v in settings.items() if k in names} if isinstance(settings, dict) else {}
     try:
-        report = json.loads((Path(model) / "report.json").read_text())
-        names = {f.name for f in dataclasses.fields(BuildSettings)}
-        saved = {k: v for k, v in report.get("settings", {}).items() if k in names}
         return unlearned(report, settings_from("default", **saved))
-    except (OSError, ValueError, TypeError):
+    except (ValueError, TypeError):  # settings this version cannot read: nothing to compare with
         return []
 
 
-def build_summary(model: str) -> dict[str, Any]:
-    """How a toy build came to be (steps, attempts, its checks), from its report.json; {} for a
-    policy without one."""
-    try:
-        report = json.loads((Path(model) / "report.json").read_text())
-    except (OSError, ValueError):
-        return {}
+def build_summary(report: dict[str, Any]) -> dict[str, Any]:
+    """How a toy build came to be (steps, attempts, its checks), from its report."""
     keys = ("pretrain_steps", "attempts", "learned_checks", "discarded_attempts")
     return {k: report[k] for k in keys if k in report}
 
@@ -437,8 +446,9 @@ def run_world(
         ):
             model = str(ensure_toy_model(seed=seed, progress=False, **world_options))
     check_model_world(model, seed, world_options)
-    build = build_summary(model)
-    if given and (short := unfit_figures(model)):  # the user's choice, so said, not refused
+    report = build_report(model)
+    build = build_summary(report)
+    if given and (short := unfit_figures(report)):  # the user's choice, so said, not refused
         console.print(
             f"[yellow]world {seed}: toy policy {escape(model)} would be refused as a build of its own "
             f"({escape('; '.join(short))}); the demo's targets assume a fit one[/]"
