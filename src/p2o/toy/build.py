@@ -68,7 +68,8 @@ class BuildSettings:
     extend_steps: int = 250
     max_steps: int = 2000
     # Start over: when the check at `steps` reads below `restart_below` (either figure), or the
-    # finished build's hard operators leak (above `LEAK_MAX`), the build starts again from a fresh
+    # finished build's hard operators leak (above `LEAK_MAX`; judged, as the refusal judges it, only
+    # for builds `expected_to_learn`), the build starts again from a fresh
     # initialisation and data stream, up to `restarts` times; the last attempt is kept whatever it
     # reads (its checks decide whether it is fit). Pre-training converges slowly for some
     # initialisations, and those builds are the ones RL erodes or distils slowly (docs/toy.md,
