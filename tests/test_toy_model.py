@@ -183,3 +183,22 @@ def test_build_starts_over_when_its_hard_operators_leak(tmp_path, capsys, monkey
     assert res.report["attempts"] == 2 and "leak" in res.report["discarded_attempts"][0]["why"]
     # The last attempt is kept whatever it reads; the refusal is `unlearned`'s to make.
     assert B.unlearned(res.report, s)
+
+
+def test_auto_threads_reads_the_cpu_now_not_the_load_average(monkeypatch):
+    """Sequential builds in one process get two threads on an idle 2-core machine: the 1-minute
+    load average would still count the process's own last build."""
+    import os
+
+    import p2o.toy.build as B
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (2.0, 2.0, 2.0))  # this process's last build
+    monkeypatch.setattr(B, "_busy_cores", lambda interval=0.3: 0.1)
+    assert B.auto_threads() == 2
+    monkeypatch.setattr(B, "_busy_cores", lambda interval=0.3: 1.0)  # another job holds a core
+    assert B.auto_threads() == 1
+    monkeypatch.setattr(B, "_busy_cores", lambda interval=0.3: None)  # no /proc/stat: the load average
+    assert B.auto_threads() == 1
+    busy = B._busy_cores(0.05)
+    assert busy is None or 0.0 <= busy <= os.cpu_count()

@@ -75,7 +75,7 @@ class BuildSettings:
     # initialisations, and those builds are the ones RL erodes or distils slowly (docs/toy.md,
     # "Start over"). None / 0: the build never starts over (the behaviour before).
     restart_below: float | None = 0.97
-    restarts: int = 2
+    restarts: int = 4
     batch_size: int = 64
     learning_rate: float = 3e-3
     # Qwen3's RMS norms on queries and keys cap how sharp attention can be until their weights grow.
@@ -502,13 +502,39 @@ def _plot_loss(log: list[dict[str, float]], path: Path) -> None:
     plt.close(fig)
 
 
+def _busy_cores(interval: float = 0.3) -> float | None:
+    """How many cores other processes keep busy now: /proc/stat sampled over `interval` while this
+    process sleeps (None where /proc/stat cannot be read). The 1-minute load average would count
+    this process's own last build or training run, and sequential builds would then run on one
+    thread."""
+
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return sum(fields[:8]), idle
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(interval)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    elapsed = total1 - total0
+    if elapsed <= 0:
+        return None
+    return (os.cpu_count() or 1) * (elapsed - (idle1 - idle0)) / elapsed
+
+
 def auto_threads() -> int:
     """2 threads when the CPU is idle enough for both, else 1 (see `BuildSettings.threads`)."""
     cores = os.cpu_count() or 1
-    try:
-        load = os.getloadavg()[0]
-    except OSError:
-        load = 0.0
+    load = _busy_cores()
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except OSError:
+            load = 0.0
     return max(1, min(2, cores, int(cores - load + 0.5)))
 
 
