@@ -583,9 +583,9 @@ def _train_and_save(dest: Path, seed: int, settings: BuildSettings, progress: bo
                 temperature=settings.calibration_temperature,
                 n_leak=settings.leak_problems,
             )
-            leaks = _leaks(figures) if expected_to_learn(settings) else []
-            if leaks and not last:
-                why_text = f"{', '.join(leaks)}: {LEAKING}"
+            leak = _leak(figures) if expected_to_learn(settings) else None
+            if leak and not last:
+                why_text = leak
                 discarded.append({"attempt": attempt + 1, "why": why_text, "learned_checks": checks})
                 _say_restart(seed, attempt, settings.restarts, why_text)
                 continue
@@ -738,7 +738,6 @@ class ToyBuildError(UserError, ValueError):
 # (0.015 on 600 problems, the two others 0.0017) and GRPO learned it, while its `hard_acc` over all
 # three read 0.000.
 LEAK_MAX = 0.01
-LEAKING = "its hard operators leak, and plain GRPO could learn them"
 
 
 def expected_to_learn(settings: BuildSettings) -> bool:
@@ -762,23 +761,23 @@ def unlearned(report: dict[str, Any], settings: BuildSettings) -> list[str]:
         for k in ("instructed_acc", "easy_acc")
         if isinstance(report.get(k), float | int) and report[k] < LEARNED_MIN
     ]
-    leaks = _leaks(report)
-    if leaks:
-        short.append(f"{', '.join(leaks)}: {LEAKING}")
-    return short
+    leak = _leak(report)
+    return [*short, leak] if leak else short
 
 
-def _leaks(report: dict[str, Any]) -> list[str]:
-    """`hard_acc` and each figure of `hard_acc_by_operator` above `LEAK_MAX` ("name value > max")."""
+def _leak(report: dict[str, Any]) -> str | None:
+    """`hard_acc` and each figure of `hard_acc_by_operator` above `LEAK_MAX`, said in one line (None
+    when none is)."""
     leaks = {"hard_acc": report.get("hard_acc")}
     by_op = report.get("hard_acc_by_operator")
     if isinstance(by_op, dict):
         leaks.update({f"hard_acc_by_operator[{op!r}]": v for op, v in by_op.items()})
-    return [
+    said = [
         f"{name} {leak:.3f} > {LEAK_MAX}"
         for name, leak in leaks.items()
         if isinstance(leak, float | int) and leak > LEAK_MAX
     ]
+    return f"{', '.join(said)}: its hard operators leak, and plain GRPO could learn them" if said else None
 
 
 def check_learned(result: BuildResult, seed: int, settings: BuildSettings) -> None:
@@ -791,7 +790,7 @@ def check_learned(result: BuildResult, seed: int, settings: BuildSettings) -> No
         tries = f"{attempts} attempts, the last " if attempts > 1 else ""
         why = (
             "whether a build's hard operators leak is decided by its initialisation"
-            if all(LEAKING in x for x in short)
+            if short == [_leak(result.report)]
             else "pre-training converges more slowly for some initialisations"
         )
         raise ToyBuildError(
