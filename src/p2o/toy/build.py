@@ -67,14 +67,15 @@ class BuildSettings:
     learned_target: float | None = 0.995
     extend_steps: int = 250
     max_steps: int = 2000
-    # Start over: when the check at `steps` reads below `restart_below` (either figure), or the
+    # Start over: when the check at `steps` reads below `restart_below` (either figure: by default
+    # `learned_target`, so an attempt not learned at `steps` is replaced, not trained on), or the
     # finished build's hard operators leak (above `LEAK_MAX`; judged, as the refusal judges it, only
     # for builds `expected_to_learn`), the build starts again from a fresh
     # initialisation and data stream, up to `restarts` times; the last attempt is kept whatever it
     # reads (its checks decide whether it is fit). Pre-training converges slowly for some
     # initialisations, and those builds are the ones RL erodes or distils slowly (docs/toy.md,
     # "Start over"). None / 0: the build never starts over (the behaviour before).
-    restart_below: float | None = 0.97
+    restart_below: float | None = 0.995
     restarts: int = 4
     batch_size: int = 64
     learning_rate: float = 3e-3

@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="Start over from a fresh initialisation up to this many times when the check after --steps "
-        "reads below 0.97 or the hard operators leak (default 4; 0: never).",
+        "reads below 0.995 (not learned) or the hard operators leak (default 4; 0: never).",
     )
     b.add_argument(
         "--templated-success",
