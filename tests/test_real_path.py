@@ -312,6 +312,7 @@ def test_p2o_evolve_keeps_task_kwargs(tmp_path, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # the rehearsal's own limit is 1500 s; on a busy 2-core machine it passes 600 s
 def test_rehearsal_of_every_paper_recipe(tmp_path):
     """`p2o rehearse`: all ten recipes, one under two processes, eval, kill -9 and resume, a refused
     key, and no key in any file a run wrote."""
