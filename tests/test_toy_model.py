@@ -135,6 +135,13 @@ def test_build_trains_on_until_learned_and_records_its_checks(tmp_path, capsys):
     assert res.report["pretrain_steps"] == 20
 
 
+def test_default_build_starts_over_when_not_learned_at_its_planned_steps():
+    """Only the last attempt trains on until learned: the restart bar is the learned bar
+    (docs/toy.md, "Not learned at 1000 steps")."""
+    d = settings_from("default")
+    assert d.restart_below == d.learned_target == 0.995 and d.restarts == 4
+
+
 def test_build_starts_over_when_its_check_after_steps_reads_below_restart_below(tmp_path, capsys):
     """A check below `restart_below` discards the attempt; the last attempt is kept and trains on."""
     low = settings_from(
