@@ -550,6 +550,11 @@ def _train_and_save(dest: Path, seed: int, settings: BuildSettings, progress: bo
         world = settings.world(seed)
         tokenizer = build_tokenizer()
         discarded: list[dict[str, Any]] = []
+
+        def discard(attempt: int, why: str, checks: list[dict[str, Any]]) -> None:
+            discarded.append({"attempt": attempt + 1, "why": why, "learned_checks": checks})
+            _say_restart(seed, attempt, settings.restarts, why)
+
         for attempt in range(settings.restarts + 1):
             last = attempt == settings.restarts
             model = build_model(tokenizer, settings.size, attempt_seed(seed, attempt))
@@ -558,11 +563,11 @@ def _train_and_save(dest: Path, seed: int, settings: BuildSettings, progress: bo
             if checks and checks[-1].get("restart"):
                 c = checks[-1]
                 why = [f"{k} {c[k]:.3f}" for k in ("easy", "instructed") if c[k] < settings.restart_below]
-                why_text = (
-                    f"{', '.join(why)} < restart_below {settings.restart_below} after {c['step']} steps"
+                discard(
+                    attempt,
+                    f"{', '.join(why)} < restart_below {settings.restart_below} after {c['step']} steps",
+                    checks,
                 )
-                discarded.append({"attempt": attempt + 1, "why": why_text, "learned_checks": checks})
-                _say_restart(seed, attempt, settings.restarts, why_text)
                 continue
             calibration = None
             if settings.templated_success is not None:
@@ -586,9 +591,7 @@ def _train_and_save(dest: Path, seed: int, settings: BuildSettings, progress: bo
             )
             leak = _leak(figures) if expected_to_learn(settings) else None
             if leak and not last:
-                why_text = leak
-                discarded.append({"attempt": attempt + 1, "why": why_text, "learned_checks": checks})
-                _say_restart(seed, attempt, settings.restarts, why_text)
+                discard(attempt, leak, checks)
                 continue
             break
     finally:
