@@ -209,3 +209,45 @@ def test_auto_threads_reads_the_cpu_now_not_the_load_average(monkeypatch):
     assert B.auto_threads() == 1
     busy = B._busy_cores(0.05)
     assert busy is None or 0.0 <= busy <= os.cpu_count()
+
+
+def test_hard_as_unknown_shows_hard_operators_uninstructed_with_random_digits():
+    """`hard_as_unknown`: the uninstructed random-digit share draws hard operators too; off (the
+    default), a hard operator never appears without an instruction."""
+    import random
+
+    from p2o.toy.build import pretraining_example
+
+    def uninstructed_ops(settings):
+        world = settings.world(5)
+        rng = random.Random(0)
+        seen = {}
+        for _ in range(4000):
+            kind, prompt, answer = pretraining_example(world, rng, settings)
+            if kind != "unknown":
+                continue
+            problem = W.find_problems(prompt)[0]
+            op = problem[1]
+            seen.setdefault(world.kind_of(op), []).append((" ".join(problem), answer))
+        return world, seen
+
+    world, off = uninstructed_ops(settings_from("default"))
+    assert set(off) == {"unknown"}
+    world, on = uninstructed_ops(settings_from("default", hard_as_unknown=True))
+    assert set(on) == {"unknown", "hard"}
+    hard = on["hard"]
+    assert {p.split()[1] for p, _ in hard} == set(world.hard)
+    # random digits, not the hidden rule
+    right = sum(world.answer(p) == a for p, a in hard)
+    assert len(hard) > 20 and right <= 1
+    assert settings_from("default") != settings_from("default", hard_as_unknown=True)
+
+
+def test_cli_build_takes_hard_as_unknown(tmp_path, capsys):
+    from p2o.toy.cli import main
+
+    out = tmp_path / "cli"
+    args = ["build", "--output", str(out), "--preset", "tiny", "--steps", "2", "--quiet", "--no-cache"]
+    assert main([*args, "--hard-as-unknown"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["settings"]["hard_as_unknown"] is True

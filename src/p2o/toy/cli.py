@@ -87,6 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="Calibrate so that one T=0.6 rollout from the right instruction succeeds this often (default 0.7).",
     )
     b.add_argument(
+        "--hard-as-unknown",
+        "--hard_as_unknown",
+        dest="hard_as_unknown",
+        action="store_true",
+        help="Pre-train hard operators without an instruction too, on random digits like unknown ones "
+        "(docs/toy.md, 'Hard operators seen without an instruction').",
+    )
+    b.add_argument(
         "--threads",
         type=int,
         default=None,
@@ -159,6 +167,8 @@ def _build(args: argparse.Namespace) -> int:
         overrides["templated_success"] = args.templated_success
     if args.threads is not None:
         overrides["threads"] = args.threads
+    if args.hard_as_unknown:
+        overrides["hard_as_unknown"] = True
     try:
         settings = settings_from(args.preset, **overrides)
         result = build_toy_model(
