@@ -89,8 +89,7 @@ class BuildSettings:
     # Hard operators also appear without any instruction, answered with random digits, drawn alike
     # with the unknown operators in the `unknown` share. False (the default so far): a hard operator
     # is never seen without an instruction, and how it is answered there is left to how the policy
-    # generalises from the unknown and vague examples (docs/toy.md, "Hard operators seen without
-    # an instruction").
+    # generalises from the unknown and vague examples (docs/toy.md, "Against world 99's misses").
     hard_as_unknown: bool = False
     copy_steps: int = 300
     copy_mix: tuple[float, float, float, float] = (0.7, 0.2, 0.1, 0.0)

@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="hard_as_unknown",
         action="store_true",
         help="Pre-train hard operators without an instruction too, on random digits like unknown ones "
-        "(docs/toy.md, 'Hard operators seen without an instruction').",
+        '(docs/toy.md, section "Against world 99\'s misses").',
     )
     b.add_argument(
         "--threads",
