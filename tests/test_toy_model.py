@@ -212,8 +212,8 @@ def test_auto_threads_reads_the_cpu_now_not_the_load_average(monkeypatch):
 
 
 def test_hard_as_unknown_shows_hard_operators_uninstructed_with_random_digits():
-    """`hard_as_unknown`: the uninstructed random-digit share draws hard operators too; off (the
-    default), a hard operator never appears without an instruction."""
+    """`hard_as_unknown` (the default): the uninstructed random-digit share draws hard operators
+    too; off (the builds before), a hard operator never appears without an instruction."""
     import random
 
     from p2o.toy.build import pretraining_example
@@ -231,23 +231,25 @@ def test_hard_as_unknown_shows_hard_operators_uninstructed_with_random_digits():
             seen.setdefault(world.kind_of(op), []).append((" ".join(problem), answer))
         return world, seen
 
-    world, off = uninstructed_ops(settings_from("default"))
+    assert settings_from("default").hard_as_unknown is True
+    world, off = uninstructed_ops(settings_from("default", hard_as_unknown=False))
     assert set(off) == {"unknown"}
-    world, on = uninstructed_ops(settings_from("default", hard_as_unknown=True))
+    world, on = uninstructed_ops(settings_from("default"))
     assert set(on) == {"unknown", "hard"}
     hard = on["hard"]
     assert {p.split()[1] for p, _ in hard} == set(world.hard)
     # random digits, not the hidden rule
     right = sum(world.answer(p) == a for p, a in hard)
     assert len(hard) > 20 and right <= 1
-    assert settings_from("default") != settings_from("default", hard_as_unknown=True)
+    assert settings_from("default") != settings_from("default", hard_as_unknown=False)
 
 
 def test_cli_build_takes_hard_as_unknown(tmp_path, capsys):
     from p2o.toy.cli import main
 
-    out = tmp_path / "cli"
-    args = ["build", "--output", str(out), "--preset", "tiny", "--steps", "2", "--quiet", "--no-cache"]
-    assert main([*args, "--hard-as-unknown"]) == 0
-    report = json.loads((out / "report.json").read_text())
-    assert report["settings"]["hard_as_unknown"] is True
+    args = ["build", "--preset", "tiny", "--steps", "2", "--quiet", "--no-cache"]
+    for flag, want in (([], True), (["--no-hard-as-unknown"], False), (["--hard-as-unknown"], True)):
+        out = tmp_path / f"cli{len(flag)}{want}"
+        assert main([*args, "--output", str(out), *flag]) == 0
+        report = json.loads((out / "report.json").read_text())
+        assert report["settings"]["hard_as_unknown"] is want, flag

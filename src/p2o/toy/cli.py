@@ -90,9 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--hard-as-unknown",
         "--hard_as_unknown",
         dest="hard_as_unknown",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=None,
         help="Pre-train hard operators without an instruction too, on random digits like unknown ones "
-        '(docs/toy.md, section "Against world 99\'s misses").',
+        "(on by default; --no-hard-as-unknown builds as before it was: docs/toy.md, "
+        '"Hard operators seen without an instruction, by default").',
     )
     b.add_argument(
         "--threads",
@@ -167,8 +169,8 @@ def _build(args: argparse.Namespace) -> int:
         overrides["templated_success"] = args.templated_success
     if args.threads is not None:
         overrides["threads"] = args.threads
-    if args.hard_as_unknown:
-        overrides["hard_as_unknown"] = True
+    if args.hard_as_unknown is not None:
+        overrides["hard_as_unknown"] = args.hard_as_unknown
     try:
         settings = settings_from(args.preset, **overrides)
         result = build_toy_model(
