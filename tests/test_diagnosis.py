@@ -196,6 +196,7 @@ def test_toy_rules_reads_which_rule_each_operator_answers(tmp_path, capsys):
     from p2o.toy.cli import main
 
     model = ensure_toy_model(seed=0, output=tmp_path / "toy", preset="tiny")
+    capsys.readouterr()  # a build's progress (an empty cache), not the command's output
     table = answer_rules(model, seed=0, n_test=30)
     assert len(table) == 9 and {g.split()[0] for g in table} == {"easy", "familiar", "hard"}
     assert all(0.0 < v <= 1.0 for fracs in table.values() for v in fracs.values())
