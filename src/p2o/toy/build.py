@@ -4,10 +4,10 @@ Pre-training mixes four kinds of examples, their prompts rendered exactly as the
 them (the chat template over x, or over x̃ = `render_augmented(x, instruction)`):
 
 - *instructed*: an instruction naming a random rule + a problem with any operator (easy, hard or
-  unknown); the answer follows the instruction. This is the only way hard operators are seen.
+  unknown); the answer follows the instruction. This is the only way a hard operator's rule is seen.
 - *easy*: an easy or familiar operator, no instruction; the answer follows the operator's rule.
-- *unknown*: an unknown operator (with `hard_as_unknown`, a hard one too), no instruction; the
-  answer digits are uniformly random.
+- *unknown*: an unknown or a hard operator (unknown ones only without `hard_as_unknown`), no
+  instruction; the answer digits are uniformly random.
 - *vague*: a vague instruction (no rule) + an easy, familiar, hard or unknown operator; answered as
   without one (hard operators like unknown ones: spread-out digits).
 

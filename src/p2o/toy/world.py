@@ -170,7 +170,8 @@ VAGUE: tuple[str, ...] = (
 
 # The operator symbols; a seed shuffles their roles. Each is one token of the toy tokenizer.
 # Many of them, so that "an operator other than the few easy ones" is a class the policy learns from
-# the unknown operators, and hard operators (never seen without an instruction) fall into it.
+# the unknown operators, and hard operators (shown without an instruction only as unknown ones are,
+# answered with random digits) fall into it.
 SYMBOLS: tuple[str, ...] = tuple("⊕⊖⊗⊘⊙⊚⊛⊜⊝⊞⊟⊠⊡♠♡♢♣♤♥♦♧■□▢▣▤▥▦▧▨▩▲△▶▷▼▽◀◁◆◇◈◉◊○◌◍◎●◐◑◒◓◔◕◖◗◢◣◤◥")
 
 # The default world (the toy model's build and the `toy` task share these). Four digits: a blind
