@@ -18,7 +18,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 install: $(STAMP)
 
-# The demo: builds (or reuses) the toy policy, trains the five methods, writes runs/demo/ (~9 min on 2 cores with the toy build, ~7 min once built).
+# The demo: builds (or reuses) the toy policy, trains the five methods, writes runs/demo/ (2 cores: about 10 min plus the install on the earlier machine, 20 min from a fresh clone on a slower one; README).
 demo: $(STAMP)
 	$(BIN)/p2o demo --output-dir runs/demo
 
