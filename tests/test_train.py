@@ -481,3 +481,33 @@ def test_scored_generation_samples_what_trls_generation_samples(tiny_model, tmp_
     ours, logps = tr._generate_scored(prompts)
     assert ours == theirs and [len(x) for x in logps] == [len(x) for x in ours]
     assert all(lp <= 0.0 for row in logps for lp in row)
+
+
+def test_direct_logprobs_equal_trls_fused_kernel(tiny_model, tmp_path):
+    """`logprob_kernel: direct` (the CPU default) gives TRL's fused kernel's log-probs and entropies,
+    padding zeroed alike, with gradients that agree too."""
+    tr = make_trainer(tiny_model, tmp_path)
+    assert tr._direct_logprobs()  # auto, on CPU
+    _, out = generated_batch(tr)
+    ids = torch.cat([out["prompt_ids"], out["completion_ids"]], 1)
+    mask = torch.cat([out["prompt_mask"], out["completion_mask"]], 1)
+    mask[0, -1] = 0  # a padded last position: zero under both
+    k = out["completion_ids"].size(1)
+    figures = {}
+    for kernel in ("direct", "trl"):
+        tr.args.logprob_kernel = kernel
+        tr.model.zero_grad()
+        logps, ent, _ = tr._get_per_token_logps_and_entropies(tr.model, ids, mask, k, compute_entropy=True)
+        (logps.sum() + ent.sum()).backward()
+        grads = [p.grad.clone() for p in tr.model.parameters() if p.grad is not None]
+        figures[kernel] = (logps.detach(), ent.detach(), grads)
+    (lp_d, ent_d, g_d), (lp_t, ent_t, g_t) = figures["direct"], figures["trl"]
+    assert lp_d.shape == lp_t.shape == (ids.size(0), k)
+    assert lp_d[0, -1] == 0 and ent_d[0, -1] == 0
+    torch.testing.assert_close(lp_d, lp_t, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ent_d, ent_t, atol=1e-5, rtol=1e-5)
+    assert len(g_d) == len(g_t)
+    for a, b in zip(g_d, g_t, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    with pytest.raises(Exception, match="logprob_kernel"):
+        make_config(tmp_path, logprob_kernel="sideways")

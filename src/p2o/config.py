@@ -35,6 +35,9 @@ retire_templates, retire_when
 
 > Policy server
 policy_server, policy_server_port, policy_server_timeout, policy_server_continuous_batching
+
+> Speed
+logprob_kernel
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ REFLECTION_CHOICES = ("self", "initial", "teacher:<litellm model>")  # and the n
 CANDIDATE_SELECTION = ("pareto", "current_best", "epsilon_greedy")
 TEMPLATE_LIFETIMES = ("retire", "round")
 CRM_SOURCES = ("forward", "generation")
+LOGPROB_KERNELS = ("auto", "trl", "direct")
 RETIRE_WHEN = ("solved", "no_gain")
 
 
@@ -495,6 +499,16 @@ class P2OConfig(GRPOConfig):
             "concurrent requests (raise gepa_num_threads to feed it)."
         },
     )
+    logprob_kernel: str = field(
+        default="auto",
+        metadata={
+            "help": "How the loss's per-token log-probs are computed. `trl`: TRL's fused, chunked LM-head "
+            "kernel (memory-lean for large vocabularies; off Triton devices it scores every position, "
+            "prompt included). `direct`: the LM head on the completion positions only, then log-softmax "
+            "(the same figures; fast on CPU for small vocabularies, memory-hungry for large ones). "
+            '`auto`: direct on CPU, trl elsewhere (docs/toy.md, "Where the time goes").'
+        },
+    )
 
     def __post_init__(self) -> None:
         check_field_types(self)
@@ -595,6 +609,12 @@ class P2OConfig(GRPOConfig):
         )
         _check(self.retire_when in RETIRE_WHEN, "retire_when", " or ".join(RETIRE_WHEN), self.retire_when)
         _check(self.crm_source in CRM_SOURCES, "crm_source", " or ".join(CRM_SOURCES), self.crm_source)
+        _check(
+            self.logprob_kernel in LOGPROB_KERNELS,
+            "logprob_kernel",
+            " or ".join(LOGPROB_KERNELS),
+            self.logprob_kernel,
+        )
         _check(
             self.template_lifetime in TEMPLATE_LIFETIMES,
             "template_lifetime",

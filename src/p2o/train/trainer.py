@@ -474,6 +474,57 @@ class P2OTrainer(GRPOTrainer):
         out["num_items_in_batch"] = gather(loss_mask.sum()).sum()
         return int(comp_mask.sum().item() - keep.sum().item()), int(comp_mask.sum().item())
 
+    def _direct_logprobs(self) -> bool:
+        """Whether `logprob_kernel` picks the direct path for this run (`auto`: on CPU)."""
+        kernel = self.args.logprob_kernel
+        return kernel == "direct" or (kernel == "auto" and self.accelerator.device.type == "cpu")
+
+    def _get_per_token_logps_and_entropies(
+        self,
+        model,
+        input_ids,
+        attention_mask,
+        logits_to_keep,
+        batch_size=None,
+        compute_entropy=False,
+        compute_aux_loss=False,
+        **multimodal,
+    ):
+        """TRL's per-token log-probs (and entropies), or with `logprob_kernel` direct the same figures
+        from the LM head applied to the completion positions only. TRL's fused kernel scores every
+        position off Triton devices, the prompt's included; on CPU that is most of a small model's
+        loss step. Multimodal inputs and MoE aux losses always take TRL's path."""
+        if compute_aux_loss or any(v is not None for v in multimodal.values()) or not self._direct_logprobs():
+            return super()._get_per_token_logps_and_entropies(
+                model,
+                input_ids,
+                attention_mask,
+                logits_to_keep,
+                batch_size,
+                compute_entropy,
+                compute_aux_loss,
+                **multimodal,
+            )
+        batch_size = batch_size or input_ids.size(0)
+        logps, entropies = [], []
+        for start in range(0, input_ids.size(0), batch_size):
+            ids = input_ids[start : start + batch_size]
+            mask = attention_mask[start : start + batch_size]
+            with self.accelerator.autocast():
+                logits = model(
+                    input_ids=ids, attention_mask=mask, logits_to_keep=logits_to_keep + 1, use_cache=False
+                ).logits
+            # position t's logits predict token t + 1; the last position predicts past the end
+            logits = logits[:, :-1].float() / self.temperature
+            log_probs = torch.log_softmax(logits, dim=-1)
+            targets = ids[:, -logits_to_keep:]
+            valid = mask[:, -logits_to_keep:] != 0  # as TRL: 0 at padding
+            logps.append(log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1).masked_fill(~valid, 0.0))
+            if compute_entropy:
+                entropy = -(log_probs.exp() * log_probs).sum(-1)
+                entropies.append(entropy.masked_fill(~valid, 0.0))
+        return torch.cat(logps), (torch.cat(entropies) if compute_entropy else None), None
+
     def _completion_logps(
         self, prompts: list[torch.Tensor], comp_ids: torch.Tensor, comp_mask: torch.Tensor
     ) -> torch.Tensor:
