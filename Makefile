@@ -18,9 +18,9 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 install: $(STAMP)
 
-# The demo: builds (or reuses) the toy policy, trains the five methods, writes runs/demo/ (2 cores: about 10 min plus the install on the earlier machine, 20 min from a fresh clone on a slower one; README).
+# The demo: builds (or reuses) the toy policy, trains the five methods two at a time, writes runs/demo/ (README: how long it takes).
 demo: $(STAMP)
-	$(BIN)/p2o demo --output-dir runs/demo
+	$(BIN)/p2o demo --output-dir runs/demo --jobs 2
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

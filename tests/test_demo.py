@@ -110,3 +110,85 @@ def test_a_long_quiet_step_shows_what_runs_and_for_how_long(tmp_path):
     seconds = re.findall(r"world 7: building the toy policy (\d+) s", shown)
     assert seconds and int(seconds[-1]) >= 1, shown
     assert "noise" not in shown and "pre-training noise" in (tmp_path / "build.log").read_text()
+
+
+def test_parallel_order_runs_grpo_beside_p2o_then_longest_first():
+    from p2o.demo import METHODS, QUICK, parallel_order, threads_per_job
+
+    assert parallel_order(list(METHODS)) == ["grpo", "p2o_teacher", "p2o_no_distill", "grpo_2k", "p2o_self"]
+    assert parallel_order(list(QUICK)) == ["grpo", "p2o_teacher", "grpo_2k"]
+    assert parallel_order(["p2o_self", "grpo"]) == ["p2o_self", "grpo"]  # no pair: longest first
+    assert threads_per_job(1) >= threads_per_job(2) >= 1 and threads_per_job(10_000) == 1
+
+
+@pytest.mark.slow
+def test_parallel_demo_trains_methods_side_by_side_with_their_own_logs(tmp_path):
+    import io
+
+    from rich.console import Console
+
+    from p2o.demo import run_demo
+    from p2o.toy import ensure_toy_model
+
+    model = ensure_toy_model(seed=0, output=tmp_path / "toy", preset="tiny")
+    overrides = {"max_steps": 2, "per_device_train_batch_size": 24, "heldout_every_steps": 1}
+    console = Console(record=True, file=io.StringIO(), width=200)
+    results = run_demo(
+        ["grpo_2k", "grpo", "p2o_teacher"],
+        0,
+        tmp_path / "demo",
+        overrides={**overrides, "max_phases": 0},
+        model=str(model),
+        console=console,
+        jobs=2,
+    )
+    assert list(results["methods"]) == ["grpo_2k", "grpo", "p2o_teacher"]  # the order asked for
+    for name, row in results["methods"].items():
+        assert row["steps"] == 2 and [p[0] for p in row["hard_acc_curve"]] == [0, 1, 2], name
+        log = (tmp_path / "demo" / name / "console.log").read_text()
+        assert "Loading weights" in log, name  # each process's own output, in its own file
+    shown = console.export_text()
+    assert all(f"{n:<15} step    2/2" in shown for n in results["methods"])
+    saved = json.loads((tmp_path / "demo/results.json").read_text())
+    assert saved["methods"].keys() == results["methods"].keys()
+
+
+@pytest.mark.slow
+def test_parallel_demo_says_a_failed_method_and_starts_no_more(tmp_path):
+    import io
+
+    from rich.console import Console
+
+    from p2o.demo import run_parallel
+    from p2o.errors import UserError
+
+    rows = {}
+    console = Console(record=True, file=io.StringIO(), width=200)
+    recipe = {"task": "no-such-task", "max_steps": 2, "report_to": "none"}
+    with pytest.raises(UserError, match="no-such-task"):
+        run_parallel(
+            ["grpo", "p2o_teacher", "grpo_2k"],
+            0,
+            tmp_path,
+            recipe,
+            {},
+            str(tmp_path / "model"),
+            console,
+            2,
+            2,
+            lambda name, row: rows.update({name: row}),
+        )
+    shown = " ".join(console.export_text().split())
+    assert "grpo failed: RegistryError: unknown task 'no-such-task'" in shown
+    assert "p2o_teacher failed: RegistryError" in shown
+    assert "grpo_2k not run: a method before it failed" in shown
+    assert not rows and not (tmp_path / "grpo_2k").exists()
+    assert "no-such-task" in (tmp_path / "grpo" / "console.log").read_text()  # the traceback is kept
+
+
+def test_demo_refuses_zero_jobs(tmp_path, capsys):
+    from p2o.demo import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--quick", "--jobs", "0", "--output-dir", str(tmp_path / "out")])
+    assert e.value.code == 2 and "--jobs 0" in capsys.readouterr().err

@@ -15,8 +15,10 @@ in total and per operator.
 gets its own folder (`seed-N/`, laid out as a one-world demo) and the top folder the summary over
 worlds: mean, min and max per method, and the demo's targets checked world by world.
 
-The console shows one live line per method; everything a run prints (TRL's metric dicts, warnings,
-the phase's progress) goes to `<world>/<method>/console.log`. A failed phase is named on the console,
+`--jobs 2` trains two methods at a time, each in its own process with half the CPUs (`run_parallel`);
+GRPO and P²O (Teacher-Ref) start together, so the time ratio the targets check compares two runs
+that shared the machine alike. The console shows one live line per method; everything a run prints
+(TRL's metric dicts, warnings, the phase's progress) goes to `<world>/<method>/console.log`. A failed phase is named on the console,
 and a P²O method whose phases fell short of `min_phase_success` (as `p2o train` judges it) makes the
 demo exit 1 after every result is written: such a method trained as GRPO. Flags take underscores or dashes, and
 `--config FILE` reads them from YAML (`p2o.cliutil`); the training recipe is `--recipe`.
@@ -82,11 +84,13 @@ class QuietCallback:
 
 
 class MethodLine(QuietCallback):
-    """One live console line for a method's run, fed by the trainer's callbacks and phase events."""
+    """One console line for a method's run, fed by the trainer's callbacks and phase events. A
+    `rich.live.Live` shows it (it renders itself afresh at each refresh); in a worker process of a
+    parallel demo `RemoteLine` sends its state to the parent's copy instead."""
 
-    def __init__(self, console: Any, name: str, max_steps: int):
-        from rich.live import Live
+    STATE = ("step", "reward", "hard", "easy", "event", "rounds")
 
+    def __init__(self, name: str, max_steps: int):
         self.name = name
         self.max_steps = max_steps
         self.step = 0
@@ -95,20 +99,26 @@ class MethodLine(QuietCallback):
         self.easy: float | None = None
         self.event = ""
         self.rounds = {"done": 0, "skipped": 0, "failed": 0}
+        self.t0: float | None = None  # None: waiting for a free job
+        self.seconds: float | None = None  # set when the run ends: the clock stops
+
+    def start(self) -> None:
         self.t0 = time.perf_counter()
-        self.live = Live(
-            self.render(),
-            console=console,
-            refresh_per_second=4,
-            transient=False,
-            redirect_stdout=False,  # the run's own output goes to its console.log, not above the line
-            redirect_stderr=False,
-        )
+
+    def finish(self, event: str | None = None) -> None:
+        self.seconds = time.perf_counter() - self.t0 if self.t0 is not None else 0.0
+        if event is not None:
+            self.event = event
+
+    def state(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.STATE}
 
     def render(self) -> Any:
         from rich.text import Text
 
         parts = [f"{self.name:<15} step {self.step:>4}/{self.max_steps}"]
+        if self.t0 is None:
+            return Text(f"{self.name:<15} {self.event or 'waiting for a free job'}")
         if self.reward is not None:
             parts.append(f"reward {self.reward:.2f}")
         if self.hard is not None:
@@ -117,31 +127,35 @@ class MethodLine(QuietCallback):
             parts.append("rounds " + " ".join(f"{v} {k}" for k, v in self.rounds.items() if v))
         if self.event:
             parts.append(self.event)
-        parts.append(f"{time.perf_counter() - self.t0:.0f} s")
+        seconds = self.seconds if self.seconds is not None else time.perf_counter() - self.t0
+        parts.append(f"{seconds:.0f} s")
         return Text("  ".join(parts))
 
-    def refresh(self) -> None:
-        self.live.update(self.render())
+    def __rich__(self) -> Any:
+        return self.render()
+
+    def changed(self) -> None:
+        """Called after every update (the parent's `Live` redraws by itself)."""
 
     # trainer callbacks (transformers' TrainerCallback protocol, duck-typed) ---------------------
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "reward" in logs:
             self.reward = float(logs["reward"])
         self.step = state.global_step
-        self.refresh()
+        self.changed()
 
     def on_step_end(self, args, state, control, **kwargs):
         self.step = state.global_step
-        self.refresh()
+        self.changed()
 
     def heldout_point(self, point: dict[str, Any]) -> None:
         self.hard, self.easy = point.get("test_hard"), point.get("test_easy")
-        self.refresh()
+        self.changed()
 
     # phase events (`P2OTrainer._notify`) ----------------------------------------------------------
     def phase_started(self, index: int, n_hard: int, step: int) -> None:
         self.event = f"round {index}: evolving templates for {n_hard} hard samples…"
-        self.refresh()
+        self.changed()
 
     def report_round(self, record: dict[str, Any]) -> None:
         status = str(record.get("status"))
@@ -155,7 +169,30 @@ class MethodLine(QuietCallback):
             self.event = f"round {record['round']} failed: {record.get('error')}"
         else:
             self.event = ""
-        self.refresh()
+        self.changed()
+
+
+class RemoteLine(MethodLine):
+    """A `MethodLine` in a worker process: each update goes to the parent through `queue`."""
+
+    def __init__(self, name: str, max_steps: int, queue: Any):
+        super().__init__(name, max_steps)
+        self.queue = queue
+
+    def changed(self) -> None:
+        self.queue.put(("line", self.name, self.state()))
+
+
+class Lines:
+    """Several `MethodLine`s under one `Live`, in the order given."""
+
+    def __init__(self, lines: list[MethodLine]):
+        self.lines = lines
+
+    def __rich__(self) -> Any:
+        from rich.console import Group
+
+        return Group(*(line.render() for line in self.lines))
 
 
 class Elapsed:
@@ -235,6 +272,22 @@ def method_config(name: str, recipe: dict[str, Any], seed: int, out: Path, overr
     return P2OConfig(**fields)
 
 
+CONSOLE_LOG = "console.log"
+
+
+def clear_method_dir(path: Path, keep: str | None = None) -> None:
+    """Empty a method's folder (every demo run starts fresh), sparing the file `keep`: the run's
+    console.log is open by then."""
+    path.mkdir(parents=True, exist_ok=True)
+    for entry in path.iterdir():
+        if entry.name == keep:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
 def run_method(
     name: str,
     recipe: dict[str, Any],
@@ -252,9 +305,7 @@ def run_method(
     from p2o.train.trainer import P2OTrainer
 
     config = method_config(name, recipe, seed, out, overrides)
-    if (out / name).exists():  # every demo run starts fresh: old rounds would be taken for a resume
-        shutil.rmtree(out / name)
-    (out / name).mkdir(parents=True)
+    clear_method_dir(out / name, keep=CONSOLE_LOG)  # old rounds would be taken for a resume
     task = get_task(recipe.get("task", "toy"), **{**(recipe.get("task_kwargs") or {}), "seed": seed})
     samples = task_samples(task, split="train").samples
     trainer = P2OTrainer(
@@ -339,6 +390,172 @@ class LogFile(QuietCallback):
                 f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
 
 
+# ---------------------------------------------------------------------------------------- in parallel
+
+# Relative training time of each method on the toy world (GRPO = 1; `make demo` on 2 cores), for
+# the order of a parallel run: the longest first, after the pair whose times are compared.
+RELATIVE_COST = {"grpo": 1.0, "grpo_2k": 1.9, "p2o_teacher": 1.15, "p2o_self": 1.7, "p2o_no_distill": 2.0}
+PAIRED = ("grpo", "p2o_teacher")  # side by side, so P²O's time over GRPO's compares like with like
+
+
+def parallel_order(methods: list[str]) -> list[str]:
+    """The order a parallel demo starts its methods in: GRPO and P²O (Teacher-Ref) first, side by
+    side, then the rest longest first."""
+    first = [n for n in PAIRED if n in methods] if all(n in methods for n in PAIRED) else []
+    rest = sorted((n for n in methods if n not in first), key=lambda n: -RELATIVE_COST.get(n, 1.0))
+    return first + rest
+
+
+def threads_per_job(jobs: int) -> int:
+    """Torch threads for each of `jobs` runs side by side: the CPUs this process may use, shared."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, cpus // max(1, jobs))
+
+
+def sendable(error: BaseException) -> BaseException:
+    """`error` if it survives pickling (to reach the parent process), else a RuntimeError that says it."""
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(error))
+        return error
+    except Exception:
+        return RuntimeError(f"{type(error).__name__}: {error}")
+
+
+def method_process(
+    name: str,
+    recipe: dict[str, Any],
+    seed: int,
+    out: str,
+    model: str,
+    overrides: dict[str, Any],
+    threads: int,
+    max_steps: int,
+    messages: Any,
+) -> None:
+    """A worker process of a parallel demo: one method's run, its output in its console.log, its
+    progress, row or error sent to the parent through `messages`."""
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    line = RemoteLine(name, max_steps, messages)
+    try:
+        with captured_output(Path(out) / name / CONSOLE_LOG):
+            import torch
+
+            torch.set_num_threads(threads)
+            try:
+                row = run_method(name, recipe, seed, Path(out), model, overrides, line)
+            except BaseException:
+                import traceback
+
+                traceback.print_exc()  # the whole story in console.log
+                raise
+    except BaseException as e:
+        messages.put(("error", name, sendable(e)))
+        return
+    messages.put(("done", name, row))
+
+
+def run_parallel(
+    methods: list[str],
+    seed: int,
+    out: Path,
+    recipe: dict[str, Any],
+    overrides: dict[str, Any],
+    model: str,
+    console: Any,
+    jobs: int,
+    max_steps: int,
+    finished: Any,
+) -> None:
+    """Run `methods` in up to `jobs` worker processes at a time (`threads_per_job` torch threads
+    each), one live line per method. `finished(name, row)` takes each row as it comes. A method that
+    fails is said at once; the ones running finish, no new one starts, and its error is raised."""
+    import multiprocessing
+    import queue
+
+    from rich.live import Live
+    from rich.markup import escape
+
+    ctx = multiprocessing.get_context("spawn")  # fork after torch's thread pools start can hang
+    messages = ctx.Queue()
+    lines = {n: MethodLine(n, max_steps) for n in methods}
+    waiting = parallel_order(methods)
+    running: dict[str, Any] = {}
+    ended_at: dict[str, float] = {}  # a process that ended without its last message
+    errors: dict[str, BaseException] = {}
+    threads = threads_per_job(jobs)
+
+    def failed(name: str, error: BaseException) -> None:
+        running.pop(name).join()
+        lines[name].finish(f"failed: {type(error).__name__}")
+        errors[name] = error
+        console.print(
+            f"[red]{name} failed: {escape(f'{type(error).__name__}: {error}')}[/] "
+            f"(its output: {out / name / CONSOLE_LOG})"
+        )
+
+    live = Live(
+        Lines([lines[n] for n in methods]),
+        console=console,
+        refresh_per_second=4,
+        redirect_stdout=False,
+        redirect_stderr=False,
+    )
+    try:
+        with live:
+            while running or (waiting and not errors):
+                while waiting and not errors and len(running) < jobs:
+                    name = waiting.pop(0)
+                    clear_method_dir(out / name)
+                    proc = ctx.Process(
+                        target=method_process,
+                        args=(name, recipe, seed, str(out), model, overrides, threads, max_steps, messages),
+                        name=f"p2o-demo-{name}",
+                    )
+                    proc.start()
+                    running[name] = proc
+                    lines[name].start()
+                try:
+                    kind, name, payload = messages.get(timeout=0.5)
+                except queue.Empty:
+                    for name, proc in list(running.items()):
+                        if proc.exitcode is None:
+                            continue
+                        ended_at.setdefault(name, time.perf_counter())
+                        # a crash (exit code != 0) says nothing; give a clean exit's message 10 s
+                        if proc.exitcode != 0 or time.perf_counter() - ended_at[name] > 10:
+                            failed(name, RuntimeError(f"its process ended (exit code {proc.exitcode})"))
+                    continue
+                if kind == "line":
+                    for k, v in payload.items():
+                        setattr(lines[name], k, v)
+                elif kind == "done":
+                    running.pop(name).join()
+                    lines[name].finish()
+                    finished(name, payload)
+                elif kind == "error":
+                    failed(name, payload)
+            for name in waiting:
+                lines[name].event = "not run: a method before it failed"
+    except BaseException:  # Ctrl-C or the parent's own error: no orphans left training
+        for proc in running.values():
+            proc.terminate()
+        for proc in running.values():
+            proc.join()
+        raise
+    finally:
+        messages.close()
+    if not console.is_terminal:
+        console.line()
+    if errors:
+        raise next(errors[n] for n in methods if n in errors)
+
+
 # ---------------------------------------------------------------------------------------- a world
 
 
@@ -421,8 +638,11 @@ def run_world(
     overrides: dict[str, Any],
     model: str | None,
     console: Any,
+    jobs: int = 1,
 ) -> dict[str, Any]:
-    """Every method on one world; writes `out/results.json`, `results.md`, `curves.png`."""
+    """Every method on one world (`jobs` at a time); writes `out/results.json`, `results.md`,
+    `curves.png`."""
+    from rich.live import Live
     from rich.markup import escape
 
     out.mkdir(parents=True, exist_ok=True)
@@ -466,12 +686,8 @@ def run_world(
         "methods": {},
     }
     max_steps = int(overrides.get("max_steps") or recipe.get("max_steps") or 0)
-    for name in methods:
-        line = MethodLine(console, name, max_steps)
-        with line.live, captured_output(out / name / "console.log"):
-            row = run_method(name, recipe, seed, out, model, overrides, line)
-        if not console.is_terminal:  # a live display ends its last line only on a terminal
-            console.line()
+
+    def finished(name: str, row: dict[str, Any]) -> None:
         for r in row["phases"]["failed_rounds"]:  # a failed phase is said, not only counted
             console.print(
                 f"[red]{name}: round {r['round']} (step {r['step']}) failed:[/] {escape(str(r['error']))}"
@@ -479,8 +695,28 @@ def run_world(
         if row["phase_shortfall"]:
             console.print(f"[red]{name}: {row['phase_shortfall']}[/]")
         results["methods"][name] = row
+        results["methods"] = {n: results["methods"][n] for n in methods if n in results["methods"]}
         results["steps"] = row["steps"]
         write_json_atomic(out / "results.json", results)  # after each method: a crash keeps them
+
+    if jobs > 1 and len(methods) > 1:
+        run_parallel(methods, seed, out, recipe, overrides, model, console, jobs, max_steps, finished)
+    else:
+        for name in methods:
+            line = MethodLine(name, max_steps)
+            clear_method_dir(out / name)
+            line.start()
+            with (
+                Live(
+                    line, console=console, refresh_per_second=4, redirect_stdout=False, redirect_stderr=False
+                ),
+                captured_output(out / name / CONSOLE_LOG),
+            ):
+                row = run_method(name, recipe, seed, out, model, overrides, line)
+                line.finish()
+            if not console.is_terminal:  # a live display ends its last line only on a terminal
+                console.line()
+            finished(name, row)
     results["wall_seconds"] = round(time.perf_counter() - t0, 1)
     write_json_atomic(out / "results.json", results)
     (out / "results.md").write_text(results_markdown(results))
@@ -687,9 +923,11 @@ def run_demo(
     overrides: dict | None = None,
     model: str | None = None,
     console: Any = None,
+    jobs: int = 1,
 ) -> dict[str, Any]:
-    """Every method on every world. One world: its results in `out/`. Several: `out/seed-N/` each,
-    and the summary over worlds in `out/` (results.json, results.md, curves.png)."""
+    """Every method on every world, `jobs` methods at a time (`run_parallel`). One world: its
+    results in `out/`. Several: `out/seed-N/` each, and the summary over worlds in `out/`
+    (results.json, results.md, curves.png)."""
     from rich.console import Console
 
     seeds = [seeds] if isinstance(seeds, int) else list(seeds)
@@ -708,14 +946,14 @@ def run_demo(
     )
     t0 = time.perf_counter()
     if len(seeds) == 1:
-        world = run_world(methods, seeds[0], out, recipe, recipe_path, overrides, model, console)
+        world = run_world(methods, seeds[0], out, recipe, recipe_path, overrides, model, console, jobs)
         console.print(results_markdown(world))
         console.print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'curves.png'}")
         return world
     worlds: dict[int, dict[str, Any]] = {}
     for seed in seeds:
         worlds[seed] = run_world(
-            methods, seed, out / f"seed-{seed}", recipe, recipe_path, overrides, model, console
+            methods, seed, out / f"seed-{seed}", recipe, recipe_path, overrides, model, console, jobs
         )
         summary = summarize(worlds)  # after each world: a crash keeps the worlds done
         write_json_atomic(out / "results.json", {"seeds": list(worlds), "summary": summary, "worlds": worlds})
@@ -795,7 +1033,16 @@ def main(argv: list[str] | None = None) -> int:
         help="override one recipe setting for every method, e.g. --set template_lifetime=round (repeatable)",
     )
     p.add_argument("--model", help="a built toy policy directory (default: build or reuse the cached one)")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="methods trained at a time, each in its own process with an equal share of the CPUs "
+        "(default 1; make demo uses 2). GRPO and P²O run side by side, so their time ratio holds",
+    )
     args = parse_args(p, argv)
+    if args.jobs < 1:
+        p.error(f"--jobs {args.jobs}: give 1 or more")
     methods = list(QUICK) if args.quick else list(METHODS)
     if args.methods:
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -832,7 +1079,9 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"recipe {recipe} with --set {', '.join(args.set) or '(none)'}: {e}")
 
     def demo() -> int:
-        results = run_demo(methods, seeds, Path(args.output_dir), recipe, overrides, args.model)
+        results = run_demo(
+            methods, seeds, Path(args.output_dir), recipe, overrides, args.model, jobs=args.jobs
+        )
         worlds = results.get("worlds") or {results["seed"]: results}
         short = [
             f"world {seed} {name}"
