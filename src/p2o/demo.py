@@ -173,14 +173,25 @@ class MethodLine(QuietCallback):
 
 
 class RemoteLine(MethodLine):
-    """A `MethodLine` in a worker process: each update goes to the parent through `queue`."""
+    """A `MethodLine` in a worker process: each update goes to the parent through `queue`. Before
+    each step it also takes up the torch thread count the parent sets in `threads` (a shared
+    integer): when the runs beside it end, the last one gets their CPUs."""
 
-    def __init__(self, name: str, max_steps: int, queue: Any):
+    def __init__(self, name: str, max_steps: int, queue: Any, threads: Any = None):
         super().__init__(name, max_steps)
         self.queue = queue
+        self.threads = threads
 
     def changed(self) -> None:
         self.queue.put(("line", self.name, self.state()))
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.threads is not None:
+            import torch
+
+            n = int(self.threads.value)
+            if n >= 1 and n != torch.get_num_threads():
+                torch.set_num_threads(n)
 
 
 class Lines:
@@ -436,12 +447,14 @@ def method_process(
     threads: int,
     max_steps: int,
     messages: Any,
+    shared_threads: Any = None,
 ) -> None:
     """A worker process of a parallel demo: one method's run, its output in its console.log, its
-    progress, row or error sent to the parent through `messages`."""
+    progress, row or error sent to the parent through `messages`; `threads` torch threads to start
+    with, then as many as the parent sets in `shared_threads`."""
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(threads)
-    line = RemoteLine(name, max_steps, messages)
+    line = RemoteLine(name, max_steps, messages, shared_threads)
     try:
         with captured_output(Path(out) / name / CONSOLE_LOG):
             import torch
@@ -489,9 +502,20 @@ def run_parallel(
     ended_at: dict[str, float] = {}  # a process that ended without its last message
     errors: dict[str, BaseException] = {}
     threads = threads_per_job(jobs)
+    shared_threads = ctx.Value("i", threads, lock=False)  # what each run takes before its next step
+
+    def share_cpus() -> None:
+        # one run left and none waiting: it takes every CPU; otherwise the share of `jobs` runs
+        alone = len(running) == 1 and not (waiting and not errors)
+        shared_threads.value = threads_per_job(1) if alone else threads
+
+    def started(name: str) -> None:
+        if not console.is_terminal:  # a log file gets a line per event instead of a live display
+            console.print(f"{name}: started ({threads} torch thread{'s' if threads > 1 else ''})")
 
     def failed(name: str, error: BaseException) -> None:
         running.pop(name).join()
+        share_cpus()
         lines[name].finish(f"failed: {type(error).__name__}")
         errors[name] = error
         console.print(
@@ -499,12 +523,16 @@ def run_parallel(
             f"(its output: {out / name / CONSOLE_LOG})"
         )
 
-    live = Live(
-        Lines([lines[n] for n in methods]),
-        console=console,
-        refresh_per_second=4,
-        redirect_stdout=False,
-        redirect_stderr=False,
+    live: Any = (
+        Live(
+            Lines([lines[n] for n in methods]),
+            console=console,
+            refresh_per_second=4,
+            redirect_stdout=False,
+            redirect_stderr=False,
+        )
+        if console.is_terminal
+        else contextlib.nullcontext()
     )
     try:
         with live:
@@ -514,12 +542,25 @@ def run_parallel(
                     clear_method_dir(out / name)
                     proc = ctx.Process(
                         target=method_process,
-                        args=(name, recipe, seed, str(out), model, overrides, threads, max_steps, messages),
+                        args=(
+                            name,
+                            recipe,
+                            seed,
+                            str(out),
+                            model,
+                            overrides,
+                            threads,
+                            max_steps,
+                            messages,
+                            shared_threads,
+                        ),
                         name=f"p2o-demo-{name}",
                     )
                     proc.start()
                     running[name] = proc
                     lines[name].start()
+                    started(name)
+                share_cpus()
                 try:
                     kind, name, payload = messages.get(timeout=0.5)
                 except queue.Empty:
@@ -536,12 +577,17 @@ def run_parallel(
                         setattr(lines[name], k, v)
                 elif kind == "done":
                     running.pop(name).join()
+                    share_cpus()
                     lines[name].finish()
+                    if not console.is_terminal:
+                        console.print(lines[name].render())
                     finished(name, payload)
                 elif kind == "error":
                     failed(name, payload)
             for name in waiting:
                 lines[name].event = "not run: a method before it failed"
+                if not console.is_terminal:
+                    console.print(lines[name].render())
     except BaseException:  # Ctrl-C or the parent's own error: no orphans left training
         for proc in running.values():
             proc.terminate()
@@ -550,8 +596,6 @@ def run_parallel(
         raise
     finally:
         messages.close()
-    if not console.is_terminal:
-        console.line()
     if errors:
         raise next(errors[n] for n in methods if n in errors)
 
