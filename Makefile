@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint format clean
+.PHONY: install demo demo-full test lint format clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -18,8 +18,13 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 install: $(STAMP)
 
-# The demo: builds (or reuses) the toy policy, trains the five methods two at a time, writes runs/demo/ (README: how long it takes).
+# The demo: builds (or reuses) the toy policy, trains GRPO, GRPO-2K, P²O and P²O without distillation two at a
+# time, writes runs/demo/ (README: how long it takes). demo-full adds Self-Ref, the fifth method.
+DEMO_METHODS := grpo,grpo_2k,p2o_teacher,p2o_no_distill
 demo: $(STAMP)
+	$(BIN)/p2o demo --output-dir runs/demo --jobs 2 --methods $(DEMO_METHODS)
+
+demo-full: $(STAMP)
 	$(BIN)/p2o demo --output-dir runs/demo --jobs 2
 
 test: $(STAMP)
