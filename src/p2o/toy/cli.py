@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads",
         type=int,
         default=None,
-        help="Torch CPU threads (default 1; 2 is faster on an idle machine).",
+        help="Torch CPU threads (default: 2 when the CPU is idle enough for both, else 1).",
     )
     b.add_argument("--no-cache", action="store_true", help="Neither read nor fill the shared cache.")
     b.add_argument("--quiet", action="store_true", help="No progress bar.")
