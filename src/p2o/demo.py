@@ -116,9 +116,9 @@ class MethodLine(QuietCallback):
     def render(self) -> Any:
         from rich.text import Text
 
-        parts = [f"{self.name:<15} step {self.step:>4}/{self.max_steps}"]
         if self.t0 is None:
             return Text(f"{self.name:<15} {self.event or 'waiting for a free job'}")
+        parts = [f"{self.name:<15} step {self.step:>4}/{self.max_steps}"]
         if self.reward is not None:
             parts.append(f"reward {self.reward:.2f}")
         if self.hard is not None:
