@@ -97,6 +97,15 @@ def build_parser() -> argparse.ArgumentParser:
         '"Hard operators seen without an instruction, by default").',
     )
     b.add_argument(
+        "--sign-share",
+        "--sign_share",
+        dest="sign_share",
+        type=float,
+        default=None,
+        help="Share of pre-training examples that ask for the operator symbol itself, so the policy "
+        'tells every symbol apart (docs/toy.md, "Telling the hard symbols apart").',
+    )
+    b.add_argument(
         "--threads",
         type=int,
         default=None,
@@ -171,6 +180,8 @@ def _build(args: argparse.Namespace) -> int:
         overrides["threads"] = args.threads
     if args.hard_as_unknown is not None:
         overrides["hard_as_unknown"] = args.hard_as_unknown
+    if args.sign_share is not None:
+        overrides["sign_share"] = args.sign_share
     try:
         settings = settings_from(args.preset, **overrides)
         result = build_toy_model(

@@ -175,6 +175,30 @@ def _median(xs: list[float]) -> float:
     return s[m] if len(s) % 2 else 0.5 * (s[m - 1] + s[m])
 
 
+def symbol_cosine(model: Any, tokenizer: Any, world: W.ToyWorld) -> dict[str, float]:
+    """Mean pairwise cosine similarity of the operator symbols' input embeddings, per role (as they
+    appear in problems, with their leading space): how alike the policy sees, say, its hard symbols."""
+    import torch
+
+    emb = model.get_input_embeddings().weight.detach().float()
+    roles = {
+        "easy": list(world.easy),
+        "familiar": list(world.familiar),
+        "hard": list(world.hard),
+        "unknown": list(world.unknown),
+    }
+    out: dict[str, float] = {}
+    for role, ops in roles.items():
+        if len(ops) < 2:
+            continue
+        ids = [tokenizer.convert_tokens_to_ids(" " + op) for op in ops]
+        v = torch.nn.functional.normalize(emb[ids], dim=-1)
+        sim = v @ v.T
+        n = len(ids)
+        out[role] = round(float((sim.sum() - sim.diagonal().sum()) / (n * (n - 1))), 4)
+    return out
+
+
 def measure(
     model: Any,
     tokenizer: Any,

@@ -159,6 +159,14 @@ CLOSINGS: tuple[str, ...] = (
     "The answer has as many digits as each number.",
     "Keep every place separate.",
 )
+# Instructions whose answer is the operator symbol itself (pre-training only, `sign_share`): they
+# make the policy tell every symbol apart without saying what any symbol means. Their words are
+# already the language's, so the vocabulary is the same with or without them.
+SIGN_INSTRUCTIONS: tuple[str, ...] = (
+    "Copy the sign.",
+    "Write only the sign.",
+    "The answer is the sign.",
+)
 VAGUE: tuple[str, ...] = (
     *PREFACES,
     *CLOSINGS,
@@ -259,6 +267,7 @@ def corpus() -> Iterator[str]:
     for r in RULES.values():
         yield from r.paraphrases
     yield from VAGUE
+    yield from SIGN_INSTRUCTIONS
 
 
 def is_held_out(problem: str) -> bool:
