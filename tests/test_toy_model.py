@@ -272,7 +272,7 @@ def test_sign_examples_ask_for_the_symbol_and_leave_the_other_examples_alone():
     signs = [(p, a) for k, p, a in examples if k == "sign"]
     assert 0.2 < len(signs) / len(examples) < 0.3
     for prompt, answer in signs:
-        (a, op, b), = W.find_problems(prompt)
+        ((a, op, b),) = W.find_problems(prompt)
         assert answer == op and any(s in prompt for s in W.SIGN_INSTRUCTIONS)
         assert not W.is_held_out(W.format_problem(a, op, b))
     seen = {world.kind_of(a) for _, a in signs}
