@@ -280,11 +280,15 @@ def test_sign_examples_ask_for_the_symbol_and_leave_the_other_examples_alone():
     # no sign example in the copy phase
     rng = random.Random(0)
     assert all(pretraining_example(world, rng, on, copy_phase=True)[0] != "sign" for _ in range(500))
-    # share 0: no sign example, and no draw from the random stream for it (the builds before the
-    # setting existed); the default since "Telling the hard symbols apart" (docs/toy.md) is 0.05
-    rng = random.Random(1)
-    assert all(pretraining_example(world, rng, off)[0] != "sign" for _ in range(500))
-    assert settings_from("default").sign_share == 0.05
+    # share 0 (the default): no sign example, and no draw from the random stream for it, so the
+    # builds are those made before the setting existed
+    assert settings_from("default").sign_share == 0.0
+    rarely = settings_from("default", sign_share=1e-12)  # never fires, but draws for it
+    a, b = random.Random(1), random.Random(1)
+    zero = [pretraining_example(world, a, off) for _ in range(300)]
+    drawn = [pretraining_example(world, b, rarely) for _ in range(300)]
+    assert all(k != "sign" for k, _, _ in zero + drawn)
+    assert zero != drawn  # share 0 skips the draw, so its stream is the one before the setting
     words = set(vocabulary())
     from p2o.toy.model import _PIECE_RE
 
