@@ -316,3 +316,15 @@ def test_symbol_cosine_reports_how_alike_each_role_looks():
     with torch.no_grad():
         emb[ids] = emb[ids[0]].clone()
     assert symbol_cosine(model, tokenizer, world)["hard"] == 1.0
+
+
+def test_a_sign_share_outside_0_to_1_is_refused_with_the_flag_named(tmp_path, capsys):
+    from p2o.toy.cli import main
+
+    for bad in (-0.1, 1.0, 1.5):
+        with pytest.raises(ValueError, match="sign_share"):
+            settings_from("default", sign_share=bad)
+    args = ["build", "--preset", "tiny", "--quiet", "--no-cache", "--output", str(tmp_path / "x")]
+    assert main([*args, "--sign-share", "2"]) != 0
+    assert "--sign-share" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

@@ -117,6 +117,13 @@ class BuildSettings:
     # the same either way, so this is not part of the fingerprint.
     threads: int = 0
 
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.sign_share < 1.0:
+            raise ValueError(
+                f"sign_share (--sign-share) must be at least 0 and below 1 (got {self.sign_share}): "
+                "it is the share of pre-training examples that ask for the operator symbol"
+            )
+
     def world(self, seed: int) -> W.ToyWorld:
         return W.make_world(seed, self.digits, self.n_easy, self.n_hard, self.n_unknown)
 
