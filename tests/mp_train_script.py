@@ -52,7 +52,7 @@ def main(
     ddp_timeout: int = 1800,
     poll: float = 1.0,
     in_process: bool = False,
-) -> None:
+) -> int:
     global PHASE_SECONDS
     PHASE_SECONDS = phase_seconds
     if ddp_timeout != 1800:
@@ -117,12 +117,19 @@ def main(
             sort_keys=True,
         )
     )
-    release_process_group()  # as `p2o train` does: a live gloo group can abort the exit
+    return rank
+
+
+def finish(out: str, rank: int) -> None:
+    """As `p2o train` ends: the trainer is gone (main returned), the group is destroyed and freed,
+    since a live gloo group can abort the exit. Whether it was freed is written for the test."""
+    Path(out, f"released-{rank}.json").write_text(json.dumps(release_process_group()))
 
 
 if __name__ == "__main__":
     extra = sys.argv[3:]
     if extra == ["in-process"]:
-        main(sys.argv[1], sys.argv[2], in_process=True)
+        finish(sys.argv[2], main(sys.argv[1], sys.argv[2], in_process=True))
         sys.exit(0)
-    main(sys.argv[1], sys.argv[2], *(float(extra[0]), int(extra[1]), *map(float, extra[2:])) if extra else ())
+    args = (float(extra[0]), int(extra[1]), *map(float, extra[2:])) if extra else ()
+    finish(sys.argv[2], main(sys.argv[1], sys.argv[2], *args))

@@ -21,13 +21,24 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def launch_two(model: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "OMP_NUM_THREADS": "1",
+        "ACCELERATE_USE_CPU": "1",
+        "PYTHONFAULTHANDLER": "1",
+    }  # a crash prints every thread's stack
     cmd = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
         str(ROOT / "tests/mp_train_script.py"), str(model), str(out), *extra,
     ]  # fmt: skip
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    # Each rank freed its process group before exiting (its gloo threads stopped): a group alive at
+    # interpreter shutdown can abort a finished process.
+    assert [json.loads((out / f"released-{i}.json").read_text()) for i in range(2)] == [True, True]
+    return proc
 
 
 @pytest.mark.slow
@@ -36,8 +47,7 @@ def test_a_phase_longer_than_the_collective_timeout_does_not_kill_the_waiting_ra
     1-second heartbeat collectives (phase_wait_poll_seconds), never in one as long as the phase."""
     model = build_tiny_model(tmp_path / "model")
     out = tmp_path / "run"
-    proc = launch_two(model, out, "9", "4")
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    launch_two(model, out, "9", "4")
     r0, r1 = (json.loads((out / f"rank-{i}.json").read_text()) for i in range(2))
     assert r0["world"] == 2 and r0["assignments"] and r0["assignments"] == r1["assignments"]
     assert len(r0["rounds"]) == 2  # both phases (steps 2 and 4) ran and reached both ranks
@@ -47,8 +57,7 @@ def test_a_phase_longer_than_the_collective_timeout_does_not_kill_the_waiting_ra
 def test_two_processes_agree_on_hard_samples_and_assignments(tmp_path):
     model = build_tiny_model(tmp_path / "model")
     out = tmp_path / "run"
-    proc = launch_two(model, out)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    launch_two(model, out)
     r0, r1 = (json.loads((out / f"rank-{i}.json").read_text()) for i in range(2))
     assert r0["world"] == 2
     # Both ranks hold the same stats and assignments, built from the groups of *both* ranks.
@@ -73,8 +82,7 @@ def test_two_processes_run_a_real_phase_with_the_training_model_in_process(tmp_p
     model while the other rank waits; both ranks adopt the same templates."""
     model = build_tiny_model(tmp_path / "model")
     out = tmp_path / "run"
-    proc = launch_two(model, out, "in-process")
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    launch_two(model, out, "in-process")
     r0, r1 = (json.loads((out / f"rank-{i}.json").read_text()) for i in range(2))
     assert r0["world"] == 2 and r0["templates"] == r1["templates"] and r0["assignments"] == r1["assignments"]
     phase = json.loads((out / "rounds/round-001/evolve/phase.json").read_text())
@@ -97,3 +105,29 @@ def test_p2o_train_releases_the_process_group_on_every_way_out(tmp_path):
         assert not dist.is_initialized()
     finally:
         release_process_group()
+
+
+def test_release_frees_the_group_or_says_what_still_holds_it(tmp_path, capsys):
+    """Destroying a group does not stop gloo's threads while something references it (a DDP model, a
+    trainer): release says so instead of letting the exit abort later."""
+    import os
+
+    import torch.distributed as dist
+
+    from p2o.train.trainer import release_process_group
+
+    def threads() -> int:
+        return len(os.listdir("/proc/self/task"))
+
+    before = threads()
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 's1'}", rank=0, world_size=1)
+    during = threads()
+    assert during > before  # gloo's worker threads
+    assert release_process_group() is True
+    assert threads() < during and "still referenced" not in capsys.readouterr().err
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 's2'}", rank=0, world_size=1)
+    held = dist.group.WORLD  # as a DDP-wrapped model holds it
+    assert release_process_group() is False
+    assert "still referenced" in capsys.readouterr().err and not dist.is_initialized()
+    del held

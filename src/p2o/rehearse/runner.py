@@ -205,6 +205,11 @@ class Rehearsal:
         after = self.teacher.stats()
         stage = {"status": "done" if code == 0 else "failed", "exit_code": code, "seconds": round(secs, 2)}
         entry: dict[str, Any] = {"recipe": str(recipe), "processes": processes, "train": stage, "phases": []}
+        log_text = (self.out / "logs" / f"{name}.log").read_text(encoding="utf-8", errors="replace")
+        if "process group is still referenced" in log_text:
+            # p2o train could not free its gloo group at the end: such a run can abort at exit
+            stage["status"] = "failed"
+            stage["error"] = "the process group outlived p2o train (its gloo threads run on at exit)"
         summary_path = out_dir / "train_summary.json"
         if summary_path.exists():
             summary = json.loads(summary_path.read_text())

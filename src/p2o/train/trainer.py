@@ -130,18 +130,37 @@ def is_fatal(error: BaseException) -> bool:
     return isinstance(error, CheckpointError | ConfigError | PhaseError | ImportError)
 
 
-def release_process_group() -> None:
-    """Destroy the default process group, if one is up; call it once a process is done with collectives.
+def release_process_group() -> bool:
+    """Destroy the default process group, if one is up, and free it; call it once a process is done
+    with collectives and holds no trainer or DDP-wrapped model any more.
 
     A process that exits with a gloo group alive can abort at interpreter shutdown (SIGABRT,
-    "terminate called without an active exception": gloo's worker threads still hold work whose
-    tensors are freed after Python is gone), and `accelerate launch` then reports a finished run as
-    failed. `p2o train` calls this on every way out; a script driving `P2OTrainer` under
-    `accelerate launch` should too."""
+    "terminate called without an active exception"): gloo's worker threads outlive the interpreter
+    and one that drops the last reference to a finished collective's tensor then needs the GIL, which
+    is gone; `accelerate launch` reports the finished run as failed. `destroy_process_group` alone
+    does not stop those threads while anything still references the group (a DDP-wrapped model
+    does, and a trainer holds one), so this also collects garbage and checks the group is gone:
+    False, with a warning on stderr, when something still holds it. `p2o train` calls this on every
+    way out, after its trainer is dropped; a script driving `P2OTrainer` under `accelerate launch`
+    should end the same way (`del trainer`, then this)."""
+    import gc
+    import weakref
+
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    if not (dist.is_available() and dist.is_initialized()):
+        return True
+    group = weakref.ref(dist.group.WORLD)
+    dist.destroy_process_group()
+    gc.collect()
+    if group() is None:
+        return True
+    _say(
+        "warning: the process group is still referenced after it was destroyed (a trainer or a "
+        "DDP-wrapped model is alive): its gloo threads run on and this process may abort at exit; "
+        "drop them before calling release_process_group()"
+    )
+    return False
 
 
 class P2OTrainer(GRPOTrainer):
