@@ -27,8 +27,11 @@ demo: $(STAMP)
 demo-full: $(STAMP)
 	$(BIN)/p2o demo --output-dir runs/demo --jobs 2
 
+# Two workers (TEST_JOBS=1 runs one): the suite's long tests wait on servers and subprocesses, so two
+# share two cores well; the longest start first (tests/conftest.py) and an idle worker steals work.
+TEST_JOBS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist worksteal
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests

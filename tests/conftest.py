@@ -144,3 +144,13 @@ def first_word_world(tiny_policy_server) -> FirstWordWorld:
                 break
     assert len(samples) >= 8, "the tiny policy should be prompt-sensitive enough for 8 hard samples"
     return FirstWordWorld(task, samples, UNLOCKING_TEMPLATE)
+
+
+# The suite's longest test (~7-9 min on 2 cores): it starts first so the others run beside it.
+LONGEST = "test_rehearsal_of_every_paper_recipe"
+
+
+def pytest_collection_modifyitems(config, items):
+    """The longest test first, then the other slow ones, then the rest, each group in file order: with
+    several workers (`make test` runs two) the long tests start at once instead of last."""
+    items.sort(key=lambda item: (item.name != LONGEST, item.get_closest_marker("slow") is None))
