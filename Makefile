@@ -28,10 +28,11 @@ demo-full: $(STAMP)
 	$(BIN)/p2o demo --output-dir runs/demo --jobs 2
 
 # Two workers (TEST_JOBS=1 runs one): the suite's long tests wait on servers and subprocesses, so two
-# share two cores well; the longest start first (tests/conftest.py) and an idle worker steals work.
+# share two cores well. The longest start first (tests/conftest.py) and each worker takes one test at
+# a time from a shared queue (--maxschedchunk 1), so no long test waits behind another.
 TEST_JOBS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist worksteal
+	$(BIN)/python -m pytest -q -n $(TEST_JOBS) --maxschedchunk 1
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests
