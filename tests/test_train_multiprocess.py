@@ -110,8 +110,6 @@ def test_p2o_train_releases_the_process_group_on_every_way_out(tmp_path):
 def test_release_frees_the_group_or_says_what_still_holds_it(tmp_path, capsys):
     """Destroying a group does not stop gloo's threads while something references it (a DDP model, a
     trainer): release says so instead of letting the exit abort later."""
-    import os
-
     import torch.distributed as dist
 
     from p2o.train.trainer import release_process_group

@@ -29,3 +29,8 @@ class DataError(UserError, ValueError):
 class RegistryError(UserError, ValueError):
     """A task, verifier or reflection model that cannot be found: an unknown name, or a dotted path
     whose module or attribute does not exist. The message names it and what is known."""
+
+
+# Printed by `p2o.train.trainer.release_process_group` when a destroyed process group is still
+# referenced; `p2o rehearse` fails a multi-process stage whose log holds it.
+GROUP_STILL_HELD = "the process group is still referenced after it was destroyed"

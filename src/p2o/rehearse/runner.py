@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from p2o.errors import GROUP_STILL_HELD
 from p2o.rehearse.standins import ScriptedTeacher, write_cached_model, write_hub_schema_data
 
 SOURCE_ROWS = {"deepscaler": 5600, "deepmath": 6000}  # enough for the recipes' 500 held out + 5K
@@ -206,7 +207,7 @@ class Rehearsal:
         stage = {"status": "done" if code == 0 else "failed", "exit_code": code, "seconds": round(secs, 2)}
         entry: dict[str, Any] = {"recipe": str(recipe), "processes": processes, "train": stage, "phases": []}
         log_text = (self.out / "logs" / f"{name}.log").read_text(encoding="utf-8", errors="replace")
-        if "process group is still referenced" in log_text:
+        if GROUP_STILL_HELD in log_text:
             # p2o train could not free its gloo group at the end: such a run can abort at exit
             stage["status"] = "failed"
             stage["error"] = "the process group outlived p2o train (its gloo threads run on at exit)"

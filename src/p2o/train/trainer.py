@@ -56,7 +56,7 @@ from trl import GRPOTrainer
 from trl.trainer.utils import RepeatSampler, pad
 
 from p2o.config import P2OConfig
-from p2o.errors import ConfigError
+from p2o.errors import GROUP_STILL_HELD, ConfigError
 from p2o.files import write_json_atomic
 from p2o.policy import vllm_server_url
 from p2o.tasks.base import Sample, Task
@@ -156,9 +156,8 @@ def release_process_group() -> bool:
     if group() is None:
         return True
     _say(
-        "warning: the process group is still referenced after it was destroyed (a trainer or a "
-        "DDP-wrapped model is alive): its gloo threads run on and this process may abort at exit; "
-        "drop them before calling release_process_group()"
+        f"warning: {GROUP_STILL_HELD} (a trainer or a DDP-wrapped model is alive): its gloo threads "
+        "run on and this process may abort at exit; drop them before calling release_process_group()"
     )
     return False
 
