@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,9 @@ import pytest
 from tests.tiny_world import build_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+LAUNCH_TIMEOUT = 300  # a run takes 20-40 s; pytest's own timeout (600 s) would lose every output
 
 
 def launch_two(model: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -33,12 +37,39 @@ def launch_two(model: Path, out: Path, *extra: str) -> subprocess.CompletedProce
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
         str(ROOT / "tests/mp_train_script.py"), str(model), str(out), *extra,
     ]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    # Its own session, so that a hang can be ended in every process at once; the output goes to files,
+    # which survive the kill.
+    logs = out.parent / f"{out.name}-launch"
+    logs.mkdir(parents=True, exist_ok=True)
+    with (logs / "stdout").open("w") as so, (logs / "stderr").open("w") as se:
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=so, stderr=se, text=True, start_new_session=True
+        )
+        hung = False
+        try:
+            proc.wait(timeout=LAUNCH_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            hung = True
+            # SIGABRT: faulthandler (PYTHONFAULTHANDLER) prints where every thread of every rank is.
+            os.killpg(proc.pid, signal.SIGABRT)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    if hung:
+        stacks = (logs / "stderr").read_text()
+        pytest.fail(
+            f"the two-process run hung for {LAUNCH_TIMEOUT} s; each rank's threads:\n{stacks[-20000:]}"
+        )
+    done = subprocess.CompletedProcess(
+        cmd, proc.returncode, (logs / "stdout").read_text(), (logs / "stderr").read_text()
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
     # Each rank freed its process group before exiting (its gloo threads stopped): a group alive at
     # interpreter shutdown can abort a finished process.
     assert [json.loads((out / f"released-{i}.json").read_text()) for i in range(2)] == [True, True]
-    return proc
+    return done
 
 
 @pytest.mark.slow
