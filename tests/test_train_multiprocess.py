@@ -7,11 +7,13 @@ MPI it runs one. Two CPU processes come from accelerate's torchrun launcher with
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,35 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 LAUNCH_TIMEOUT = 300  # a run takes 20-40 s; pytest's own timeout (600 s) would lose every output
+
+
+def group_members(pgid: int) -> list[str]:
+    """The live processes (not zombies) of process group `pgid`, as "pid command" (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # gone meanwhile
+            continue
+        # pid (comm) state ppid pgrp ...: comm may hold spaces, so split after its closing paren
+        comm = text[text.index("(") + 1 : text.rindex(")")]
+        state, _ppid, pgrp = text[text.rindex(")") + 2 :].split()[:3]
+        if int(pgrp) == pgid and state != "Z":
+            found.append(f"{stat.parent.name} {comm}")
+    return found
+
+
+def group_outlives(pgid: int, grace: float) -> list[str]:
+    """The processes of group `pgid` still alive after `grace` seconds (none: an empty list)."""
+    end = time.monotonic() + grace
+    while (left := group_members(pgid)) and time.monotonic() < end:
+        time.sleep(0.2)
+    return left
+
+
+def signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):  # every member has exited meanwhile
+        os.killpg(pgid, sig)
 
 
 def launch_two(model: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -51,17 +82,24 @@ def launch_two(model: Path, out: Path, *extra: str) -> subprocess.CompletedProce
         except subprocess.TimeoutExpired:
             hung = True
             # SIGABRT: faulthandler (PYTHONFAULTHANDLER) prints where every thread of every rank is.
-            os.killpg(proc.pid, signal.SIGABRT)
+            signal_group(proc.pid, signal.SIGABRT)
             try:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+                signal_group(proc.pid, signal.SIGKILL)
                 proc.wait()
-    if hung:
+        # The launcher is gone; a rank (or anything a rank started) still alive after it would hold
+        # its output open, and outlive a user's run the same way.
+        left = [] if hung else group_outlives(proc.pid, grace=15)
+        if left:
+            signal_group(proc.pid, signal.SIGABRT)
+            time.sleep(5)
+            if group_outlives(proc.pid, grace=0):
+                signal_group(proc.pid, signal.SIGKILL)
+    if hung or left:
         stacks = (logs / "stderr").read_text()
-        pytest.fail(
-            f"the two-process run hung for {LAUNCH_TIMEOUT} s; each rank's threads:\n{stacks[-20000:]}"
-        )
+        what = f"hung for {LAUNCH_TIMEOUT} s" if hung else f"left processes behind its launcher: {left}"
+        pytest.fail(f"the two-process run {what}; each rank's threads:\n{stacks[-20000:]}")
     done = subprocess.CompletedProcess(
         cmd, proc.returncode, (logs / "stdout").read_text(), (logs / "stderr").read_text()
     )
