@@ -14,6 +14,8 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -26,33 +28,37 @@ ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_TIMEOUT = 300  # a run takes 20-40 s; pytest's own timeout (600 s) would lose every output
 
 
-def group_members(pgid: int) -> list[str]:
-    """The live processes (not zombies) of process group `pgid`, as "pid command" (Linux /proc)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+def launched(tag: str) -> dict[int, str]:
+    """The live processes (not zombies) started by one launch: those whose environment holds
+    P2O_TEST_LAUNCH=tag. torchrun starts each rank in its own session, and a rank whose launcher died
+    belongs to no tree of it, so the environment is what finds them all (Linux /proc)."""
+    found = {}
+    marker = f"P2O_TEST_LAUNCH={tag}".encode()
+    for proc in Path("/proc").glob("[0-9]*"):
         try:
-            text = stat.read_text()
-        except OSError:  # gone meanwhile
+            if marker not in (proc / "environ").read_bytes().split(b"\0"):
+                continue
+            stat = (proc / "stat").read_text()
+        except OSError:  # gone meanwhile, or not ours to read
             continue
-        # pid (comm) state ppid pgrp ...: comm may hold spaces, so split after its closing paren
-        comm = text[text.index("(") + 1 : text.rindex(")")]
-        state, _ppid, pgrp = text[text.rindex(")") + 2 :].split()[:3]
-        if int(pgrp) == pgid and state != "Z":
-            found.append(f"{stat.parent.name} {comm}")
+        # pid (comm) state ...: comm may hold spaces, so split after its closing paren
+        if stat[stat.rindex(")") + 2 :].split()[0] != "Z":
+            found[int(proc.name)] = stat[stat.index("(") + 1 : stat.rindex(")")]
     return found
 
 
-def group_outlives(pgid: int, grace: float) -> list[str]:
-    """The processes of group `pgid` still alive after `grace` seconds (none: an empty list)."""
+def outliving(tag: str, grace: float) -> dict[int, str]:
+    """The processes of launch `tag` still alive after `grace` seconds (none: empty)."""
     end = time.monotonic() + grace
-    while (left := group_members(pgid)) and time.monotonic() < end:
+    while (left := launched(tag)) and time.monotonic() < end:
         time.sleep(0.2)
     return left
 
 
-def signal_group(pgid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError):  # every member has exited meanwhile
-        os.killpg(pgid, sig)
+def signal_all(pids: Iterable[int], sig: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):  # exited meanwhile
+            os.kill(pid, sig)
 
 
 def launch_two(model: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -68,34 +74,27 @@ def launch_two(model: Path, out: Path, *extra: str) -> subprocess.CompletedProce
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
         str(ROOT / "tests/mp_train_script.py"), str(model), str(out), *extra,
     ]  # fmt: skip
-    # Its own session, so that a hang can be ended in every process at once; the output goes to files,
-    # which survive the kill.
+    # Every process of this launch carries a tag in its environment, so that a hang can be ended in
+    # all of them at once; the output goes to files, which survive the kill.
+    tag = uuid.uuid4().hex
+    env["P2O_TEST_LAUNCH"] = tag
     logs = out.parent / f"{out.name}-launch"
     logs.mkdir(parents=True, exist_ok=True)
     with (logs / "stdout").open("w") as so, (logs / "stderr").open("w") as se:
-        proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=env, stdout=so, stderr=se, text=True, start_new_session=True
-        )
-        hung = False
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=so, stderr=se, text=True)
         try:
             proc.wait(timeout=LAUNCH_TIMEOUT)
+            hung = False
         except subprocess.TimeoutExpired:
             hung = True
-            # SIGABRT: faulthandler (PYTHONFAULTHANDLER) prints where every thread of every rank is.
-            signal_group(proc.pid, signal.SIGABRT)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                signal_group(proc.pid, signal.SIGKILL)
-                proc.wait()
-        # The launcher is gone; a rank (or anything a rank started) still alive after it would hold
-        # its output open, and outlive a user's run the same way.
-        left = [] if hung else group_outlives(proc.pid, grace=15)
+        # Hung, or exited with a rank (or anything a rank started) still alive: that process would
+        # outlive a user's run the same way. SIGABRT: faulthandler (PYTHONFAULTHANDLER) prints
+        # where every thread of every rank is.
+        left = launched(tag) if hung else outliving(tag, grace=15)
         if left:
-            signal_group(proc.pid, signal.SIGABRT)
-            time.sleep(5)
-            if group_outlives(proc.pid, grace=0):
-                signal_group(proc.pid, signal.SIGKILL)
+            signal_all(left, signal.SIGABRT)
+            signal_all(outliving(tag, grace=30), signal.SIGKILL)
+            proc.wait()
     if hung or left:
         stacks = (logs / "stderr").read_text()
         what = f"hung for {LAUNCH_TIMEOUT} s" if hung else f"left processes behind its launcher: {left}"
