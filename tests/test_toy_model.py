@@ -145,7 +145,14 @@ def test_default_build_starts_over_when_not_learned_at_its_planned_steps():
 def test_build_starts_over_when_its_check_after_steps_reads_below_restart_below(tmp_path, capsys):
     """A check below `restart_below` discards the attempt; the last attempt is kept and trains on."""
     low = settings_from(
-        "tiny", learned_target=1.01, extend_steps=4, max_steps=24, restart_below=1.01, restarts=1
+        "tiny",
+        learned_target=1.01,
+        extend_steps=4,
+        max_steps=24,
+        restart_below=1.01,
+        restarts=1,
+        threads=1,
+        attempts_at_once=1,
     )
     res = build_toy_model(tmp_path / "low", seed=1, settings=low, progress=False, use_cache=False)
     err = capsys.readouterr().err
@@ -164,8 +171,10 @@ def test_build_starts_over_when_its_check_after_steps_reads_below_restart_below(
     ] == 24
 
     # A first attempt that passes is the build made without restarts, weight for weight.
-    ok = settings_from("tiny", learned_target=0.0, restart_below=0.0, restarts=2)
-    never = settings_from("tiny", learned_target=0.0, restart_below=None, restarts=0)
+    ok = settings_from(
+        "tiny", learned_target=0.0, restart_below=0.0, restarts=2, threads=1, attempts_at_once=1
+    )
+    never = settings_from("tiny", learned_target=0.0, restart_below=None, restarts=0, threads=1)
     a = build_toy_model(tmp_path / "a", seed=1, settings=ok, progress=False, use_cache=False)
     b = build_toy_model(tmp_path / "b", seed=1, settings=never, progress=False, use_cache=False)
     assert a.report["attempts"] == 1 and a.report["discarded_attempts"] == []
@@ -176,13 +185,68 @@ def test_build_starts_over_when_its_check_after_steps_reads_below_restart_below(
     assert (res.path / "pretrain_log.jsonl").read_text() != (c.path / "pretrain_log.jsonl").read_text()
 
 
+def test_attempts_side_by_side_keep_the_build_made_one_after_another(tmp_path, capfd):
+    """Attempts trained at once in their own processes keep the first attempt that passes, weight for
+    weight the build made one attempt after another; the attempts after it are stopped."""
+
+    def both(name: str, **kw):
+        one = settings_from("tiny", threads=1, attempts_at_once=1, **kw)
+        two = dataclasses.replace(one, attempts_at_once=2)
+        a = build_toy_model(tmp_path / f"{name}-1", seed=1, settings=one, progress=False, use_cache=False)
+        said = [line for line in capfd.readouterr().err.splitlines() if "toy build" in line]
+        b = build_toy_model(tmp_path / f"{name}-2", seed=1, settings=two, progress=False, use_cache=False)
+        assert [line for line in capfd.readouterr().err.splitlines() if "toy build" in line] == said
+        said = "\n".join(said)
+        assert (a.path / "model.safetensors").read_bytes() == (b.path / "model.safetensors").read_bytes()
+        assert (a.path / "pretrain_log.jsonl").read_text() == (b.path / "pretrain_log.jsonl").read_text()
+        for key in (
+            "attempts",
+            "discarded_attempts",
+            "learned_checks",
+            "pretrain_steps",
+            "calibration",
+            "hard_acc",
+        ):
+            assert a.report[key] == b.report[key], key
+        assert (a.report["attempts_at_once"], b.report["attempts_at_once"]) == (1, 2)
+        assert b.report["build_seconds"] > 0
+        return b, said
+
+    # The first attempt passes: the second, started beside it, is stopped and leaves no trace.
+    b, said = both("pass", learned_target=0.0, restart_below=0.0, restarts=2)
+    assert b.report["attempts"] == 1 and said == ""
+    # No attempt passes: two pairs are discarded in order, the fifth (the last) is kept and trains on.
+    b, said = both("fail", learned_target=1.01, extend_steps=4, max_steps=24, restart_below=1.01, restarts=4)
+    assert b.report["attempts"] == 5 and [d["attempt"] for d in b.report["discarded_attempts"]] == [
+        1,
+        2,
+        3,
+        4,
+    ]
+    assert [said.index(f"attempt {k} of 5 discarded") for k in (1, 2, 3, 4)] == sorted(
+        said.index(f"attempt {k} of 5 discarded") for k in (1, 2, 3, 4)
+    )
+    assert b.report["pretrain_steps"] == 24
+
+
+def test_a_failing_attempt_process_stops_the_build_with_its_traceback(tmp_path):
+    """An attempt whose process fails stops the build with its traceback, not with a hang or a
+    half-made build."""
+    bad = settings_from("tiny", threads=1, attempts_at_once=2, restarts=1, eval_problems=-1)
+    with pytest.raises(
+        RuntimeError, match=r"attempt 1 failed in its process \(exit code 1\):\n(?s:.*)Traceback"
+    ):
+        build_toy_model(tmp_path / "bad", seed=1, settings=bad, progress=False, use_cache=False)
+    assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())
+
+
 def test_build_starts_over_when_its_hard_operators_leak(tmp_path, capsys, monkeypatch):
     from p2o.toy import build as B
 
     # Stand-ins: every figure counts as a leak, and the tiny build as one expected to learn.
     monkeypatch.setattr(B, "LEAK_MAX", -1.0)
     monkeypatch.setattr(B, "expected_to_learn", lambda settings: True)
-    s = settings_from("tiny", restarts=1)
+    s = settings_from("tiny", restarts=1, attempts_at_once=1)  # the stand-ins hold in this process only
     res = build_toy_model(tmp_path / "leaky", seed=3, settings=s, progress=False, use_cache=False)
     err = capsys.readouterr().err
     assert "attempt 1 of 2 discarded (hard_acc 0.000 > -1.0, hard_acc_by_operator[" in err
@@ -278,9 +342,10 @@ def test_sign_examples_ask_for_the_symbol_and_leave_the_other_examples_alone():
     # no sign example in the copy phase
     rng = random.Random(0)
     assert all(pretraining_example(world, rng, on, copy_phase=True)[0] != "sign" for _ in range(500))
-    # share 0 (the default): no sign example, and no draw from the random stream for it, so the
-    # builds are those made before the setting existed
-    assert settings_from("default").sign_share == 0.0
+    # the default since world 125 (docs/toy.md, "Telling the hard symbols apart")
+    assert settings_from("default").sign_share == 0.02
+    # share 0: no sign example, and no draw from the random stream for it, so the builds are those
+    # made before the setting existed
     rarely = settings_from("default", sign_share=1e-12)  # never fires, but draws for it
     a, b = random.Random(1), random.Random(1)
     zero = [pretraining_example(world, a, off) for _ in range(300)]

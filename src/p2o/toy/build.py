@@ -40,6 +40,7 @@ import sys
 import tempfile
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,10 +99,10 @@ class BuildSettings:
     # Share of pre-training examples (after the copy phase) that ask for the operator symbol itself:
     # otherwise nothing in pre-training tells the hard symbols apart (they are seen exactly as the
     # 48 unknown ones), their embeddings end up nearly alike, and distilling one hard operator's
-    # rule moves the others onto it (docs/toy.md, "Telling the hard symbols apart": 0.05 lifted
-    # P²O's hard accuracy on held-out worlds, but world 0's build then took five attempts). 0, the
-    # default: the builds before the setting, bit for bit.
-    sign_share: float = 0.0
+    # rule moves the others onto it (docs/toy.md, "Telling the hard symbols apart": at 0.02, the
+    # default since world 125, P²O's hard accuracy went from 0.371 to 0.992 on world 123 and from
+    # 0.414 to 0.965 on world 110). 0: the builds before the setting, bit for bit.
+    sign_share: float = 0.02
     copy_steps: int = 300
     copy_mix: tuple[float, float, float, float] = (0.7, 0.2, 0.1, 0.0)
     # Probability that one rollout at `calibration_temperature` from the right instruction succeeds
@@ -116,8 +117,19 @@ class BuildSettings:
     # two threads spin against each other and a step takes several times longer). The result is
     # the same either way, so this is not part of the fingerprint.
     threads: int = 0
+    # Attempts trained at once, each in its own process on one of the `threads` threads; 0 = one per
+    # thread (with two threads, attempts 1 and 2 start together, then 3 and 4, then 5). A 0.45M
+    # model hardly runs faster on two threads than on one, so a pair takes about the time of one
+    # attempt (docs/toy.md, "Attempts side by side"). The build kept is the one made one attempt
+    # after another: the first attempt that passes, so this too is not part of the fingerprint.
+    attempts_at_once: int = 0
 
     def __post_init__(self) -> None:
+        if self.attempts_at_once < 0:
+            raise ValueError(
+                f"attempts_at_once (--attempts_at_once) must be 0 (one per thread) or more "
+                f"(got {self.attempts_at_once})"
+            )
         if not 0.0 <= self.sign_share < 1.0:
             raise ValueError(
                 f"sign_share (--sign-share) must be at least 0 and below 1 (got {self.sign_share}): "
@@ -198,6 +210,7 @@ def code_of(source: str) -> str:
 def fingerprint(seed: int, settings: BuildSettings) -> str:
     fields = asdict(settings)
     fields.pop("threads")
+    fields.pop("attempts_at_once")
     blob = json.dumps({"seed": seed, "settings": fields, "code": _code_version()}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
@@ -205,7 +218,7 @@ def fingerprint(seed: int, settings: BuildSettings) -> str:
 def default_cache_dir(seed: int = 0, settings: BuildSettings | None = None) -> Path:
     """`$P2O_CACHE/toy/seed-N` (default `~/.cache/p2o`); non-default settings get a suffix."""
     root = Path(os.environ.get("P2O_CACHE") or Path.home() / ".cache" / "p2o") / "toy"
-    settings = dataclasses.replace(settings or PRESETS["default"], threads=0)
+    settings = dataclasses.replace(settings or PRESETS["default"], threads=0, attempts_at_once=0)
     if settings == PRESETS["default"]:
         return root / f"seed-{seed}"
     tag = hashlib.sha256(json.dumps(asdict(settings), sort_keys=True).encode()).hexdigest()[:8]
@@ -365,11 +378,13 @@ def pretrain(
     progress: bool,
     attempt: int = 0,
     restart_below: float | None = None,
+    on_step: Callable[[int, int, float], None] | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Train `model` in place, until learned (`BuildSettings.learned_target`); returns the loss log
     (one row per 10 steps) and the checks made after `steps` (one row per check). With
     `restart_below`, it stops right after the check at `steps` when that reads below it (the last
-    check's `restart` is then True): the caller starts over."""
+    check's `restart` is then True): the caller starts over. `on_step(step, total, loss)` is called
+    after every step (progress for a build that runs attempts in other processes)."""
     import torch
 
     stream = f"p2o-toy-pretrain-{seed}" + (f"-attempt-{attempt}" if attempt else "")
@@ -425,6 +440,8 @@ def pretrain(
                 log.append({"step": step, "phase": phase, "loss": v, "lr": sched.get_last_lr()[0]})
             bar.update(task, advance=1, loss=running)
             step += 1
+            if on_step is not None:
+                on_step(step, total, running)
             if step == total and settings.learned_target is not None:
                 check = learned_check(model, tokenizer, world, seed, settings.eval_problems)
                 learned = min(check.values()) >= settings.learned_target
@@ -435,6 +452,8 @@ def pretrain(
                 if not learned and total < settings.max_steps:
                     total = min(settings.max_steps, total + settings.extend_steps)
                     bar.update(task, total=total)
+                    if on_step is not None:
+                        on_step(step, total, running)
     if checks and not checks[-1]["learned"] and not checks[-1].get("restart"):
         # a message, not progress: shown with the bar off too
         last = checks[-1]
@@ -567,61 +586,229 @@ def auto_threads() -> int:
     return max(1, min(2, cores, int(cores - load + 0.5)))
 
 
+@dataclass
+class _Attempt:
+    """One attempt of a build: the model it trained and what it read; `why` says why it was discarded
+    (None: kept)."""
+
+    attempt: int
+    model: Any
+    log: list[dict[str, Any]]
+    checks: list[dict[str, Any]]
+    calibration: dict[str, float] | None
+    figures: dict[str, Any]
+    why: str | None
+    measure_seconds: float = 0.0
+
+
+def _run_attempt(
+    world: W.ToyWorld,
+    tokenizer: Any,
+    seed: int,
+    settings: BuildSettings,
+    attempt: int,
+    progress: bool,
+    on_step: Callable[[int, int, float], None] | None = None,
+) -> _Attempt:
+    """Train attempt `attempt` (0-based) from its own initialisation and data stream, calibrate and
+    measure it, and say whether it is kept: a check below `restart_below` after `steps`, or a leak,
+    discards it; the last attempt (`restarts`) is kept whatever it reads."""
+    last = attempt == settings.restarts
+    model = build_model(tokenizer, settings.size, attempt_seed(seed, attempt))
+    restart_below = None if last else settings.restart_below
+    log, checks = pretrain(model, tokenizer, world, settings, seed, progress, attempt, restart_below, on_step)
+    if checks and checks[-1].get("restart"):
+        c = checks[-1]
+        low = [f"{k} {c[k]:.3f}" for k in ("easy", "instructed") if c[k] < settings.restart_below]
+        why = f"{', '.join(low)} < restart_below {settings.restart_below} after {c['step']} steps"
+        return _Attempt(attempt, model, log, checks, None, {}, why)
+    calibration = None
+    if settings.templated_success is not None:
+        calibration = calibrate(
+            model, tokenizer, world, settings.templated_success, settings.calibration_temperature, seed
+        )
+    t0 = time.perf_counter()
+    figures = measure(
+        model,
+        tokenizer,
+        world,
+        n_problems=settings.eval_problems,
+        n_groups=settings.eval_groups,
+        temperature=settings.calibration_temperature,
+        n_leak=settings.leak_problems,
+    )
+    seconds = time.perf_counter() - t0
+    leak = _leak(figures) if expected_to_learn(settings) else None
+    why = leak if leak and not last else None
+    return _Attempt(attempt, model, log, checks, calibration, figures, why, seconds)
+
+
+def attempts_at_once(settings: BuildSettings, threads: int) -> int:
+    """How many attempts a build trains side by side: `attempts_at_once`, or one per thread; never
+    more than the build may make."""
+    wanted = settings.attempts_at_once or threads
+    return max(1, min(wanted, settings.restarts + 1))
+
+
+def _attempt_process(
+    seed: int, settings: BuildSettings, attempt: int, out: str, shared: Any, threads: int
+) -> None:
+    """One attempt in its own process on `threads` torch threads: its model and figures go to `out`;
+    its progress to `shared` (step, total, loss)."""
+    import traceback
+
+    import torch
+
+    torch.set_num_threads(threads)
+    folder = Path(out)
+    try:
+        world = settings.world(seed)
+        tokenizer = build_tokenizer()
+
+        def on_step(step: int, total: int, loss: float) -> None:
+            shared[0], shared[1], shared[2] = step, total, loss
+
+        a = _run_attempt(world, tokenizer, seed, settings, attempt, False, on_step)
+        torch.save(a.model.state_dict(), folder / "model.pt")
+        record = {
+            k: getattr(a, k) for k in ("log", "checks", "calibration", "figures", "why", "measure_seconds")
+        }
+        (folder / "attempt.json.tmp").write_text(json.dumps(record))
+        os.replace(folder / "attempt.json.tmp", folder / "attempt.json")
+    except BaseException:
+        (folder / "error.txt").write_text(traceback.format_exc())
+        raise
+
+
+def _attempts_side_by_side(
+    seed: int,
+    settings: BuildSettings,
+    at_once: int,
+    threads: int,
+    progress: bool,
+    discard: Callable[[_Attempt], None],
+) -> _Attempt:
+    """The build's attempts, `at_once` at a time, each in its own process: the first attempt (in
+    order) that is kept, as one attempt after another would have kept it. Attempts that come after
+    a kept one are stopped; each discarded one is passed to `discard` in order. The `threads` are
+    shared among the attempts running (the last attempt, alone, gets them all)."""
+    import multiprocessing
+
+    import torch
+
+    ctx = multiprocessing.get_context("spawn")
+    tokenizer = build_tokenizer()
+    with tempfile.TemporaryDirectory(prefix="p2o-toy-attempts-") as tmp, _progress_many(progress) as bar:
+        first = 0
+        while first <= settings.restarts:
+            batch = list(range(first, min(first + at_once, settings.restarts + 1)))
+            each = max(1, threads // len(batch))
+            running: dict[int, tuple[Any, Any, Any, Path]] = {}
+            try:
+                for a in batch:
+                    folder = Path(tmp) / f"attempt-{a + 1}"
+                    folder.mkdir()
+                    shared = ctx.Array("d", [0.0, float(settings.steps), float("nan")], lock=False)
+                    proc = ctx.Process(
+                        target=_attempt_process,
+                        args=(seed, settings, a, str(folder), shared, each),
+                        daemon=False,
+                    )
+                    proc.start()
+                    task = bar.add_task(f"attempt {a + 1}", total=settings.steps, loss=float("nan"))
+                    running[a] = (proc, shared, task, folder)
+                for a in batch:
+                    proc, _, _, folder = running[a]
+                    while proc.is_alive():
+                        for p, shared, task, _ in running.values():
+                            if p.is_alive():
+                                bar.update(task, completed=shared[0], total=shared[1], loss=shared[2])
+                        proc.join(0.25)
+                    record = folder / "attempt.json"
+                    if proc.exitcode != 0 or not record.exists():
+                        error = folder / "error.txt"
+                        said = error.read_text().strip() if error.exists() else "no traceback was written"
+                        raise RuntimeError(
+                            f"toy build (seed {seed}): attempt {a + 1} failed in its process "
+                            f"(exit code {proc.exitcode}):\n{said}"
+                        )
+                    r = json.loads(record.read_text())
+                    model = None
+                    if r["why"] is None:
+                        model = build_model(tokenizer, settings.size, attempt_seed(seed, a))
+                        model.load_state_dict(torch.load(folder / "model.pt", weights_only=True))
+                        model.eval()
+                    done = _Attempt(
+                        a,
+                        model,
+                        r["log"],
+                        r["checks"],
+                        r["calibration"],
+                        r["figures"],
+                        r["why"],
+                        r["measure_seconds"],
+                    )
+                    _, shared, task, _ = running[a]
+                    bar.update(task, completed=shared[0], total=shared[1], loss=shared[2])
+                    if done.why is None:
+                        return done
+                    discard(done)
+            finally:
+                for proc, _, _, _ in running.values():
+                    if proc.is_alive():
+                        proc.terminate()
+                    proc.join()
+            first += len(batch)
+    raise AssertionError("the last attempt is always kept")  # pragma: no cover
+
+
+def _progress_many(enabled: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("[bold]toy pre-training[/] ({task.description})"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.3f}"),
+        TimeRemainingColumn(),
+        disable=not enabled,
+        transient=False,
+    )
+
+
 def _train_and_save(dest: Path, seed: int, settings: BuildSettings, progress: bool) -> dict[str, Any]:
     import torch
 
     t0 = time.perf_counter()
     threads = torch.get_num_threads()
     used_threads = settings.threads or auto_threads()
+    at_once = attempts_at_once(settings, used_threads)
     torch.set_num_threads(used_threads)
     try:
         world = settings.world(seed)
         tokenizer = build_tokenizer()
         discarded: list[dict[str, Any]] = []
 
-        def discard(attempt: int, why: str, checks: list[dict[str, Any]]) -> None:
-            discarded.append({"attempt": attempt + 1, "why": why, "learned_checks": checks})
-            _say_restart(seed, attempt, settings.restarts, why)
+        def discard(a: _Attempt) -> None:
+            discarded.append({"attempt": a.attempt + 1, "why": a.why, "learned_checks": a.checks})
+            _say_restart(seed, a.attempt, settings.restarts, str(a.why))
 
-        for attempt in range(settings.restarts + 1):
-            last = attempt == settings.restarts
-            model = build_model(tokenizer, settings.size, attempt_seed(seed, attempt))
-            restart_below = None if last else settings.restart_below
-            log, checks = pretrain(model, tokenizer, world, settings, seed, progress, attempt, restart_below)
-            if checks and checks[-1].get("restart"):
-                c = checks[-1]
-                why = [f"{k} {c[k]:.3f}" for k in ("easy", "instructed") if c[k] < settings.restart_below]
-                discard(
-                    attempt,
-                    f"{', '.join(why)} < restart_below {settings.restart_below} after {c['step']} steps",
-                    checks,
-                )
-                continue
-            calibration = None
-            if settings.templated_success is not None:
-                calibration = calibrate(
-                    model,
-                    tokenizer,
-                    world,
-                    settings.templated_success,
-                    settings.calibration_temperature,
-                    seed,
-                )
-            train_seconds = time.perf_counter() - t0
-            figures = measure(
-                model,
-                tokenizer,
-                world,
-                n_problems=settings.eval_problems,
-                n_groups=settings.eval_groups,
-                temperature=settings.calibration_temperature,
-                n_leak=settings.leak_problems,
-            )
-            leak = _leak(figures) if expected_to_learn(settings) else None
-            if leak and not last:
-                discard(attempt, leak, checks)
-                continue
-            break
+        if at_once > 1:
+            kept = _attempts_side_by_side(seed, settings, at_once, used_threads, progress, discard)
+        else:
+            for attempt in range(settings.restarts + 1):
+                kept = _run_attempt(world, tokenizer, seed, settings, attempt, progress)
+                if kept.why is None:
+                    break
+                discard(kept)
+        model, log, checks, calibration, figures = (
+            kept.model,
+            kept.log,
+            kept.checks,
+            kept.calibration,
+            kept.figures,
+        )
+        train_seconds = time.perf_counter() - t0 - kept.measure_seconds
     finally:
         torch.set_num_threads(threads)
     dest.mkdir(parents=True, exist_ok=True)
@@ -643,6 +830,7 @@ def _train_and_save(dest: Path, seed: int, settings: BuildSettings, progress: bo
         "attempts": len(discarded) + 1,
         "discarded_attempts": discarded,
         "threads": used_threads,
+        "attempts_at_once": at_once,
         "train_seconds": round(train_seconds, 1),
         "build_seconds": round(time.perf_counter() - t0, 1),
         "world": {

@@ -111,6 +111,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="Torch CPU threads (default: 2 when the CPU is idle enough for both, else 1).",
     )
+    b.add_argument(
+        "--attempts-at-once",
+        "--attempts_at_once",
+        dest="attempts_at_once",
+        type=int,
+        default=None,
+        help="Attempts trained side by side, each in its own process on one thread (default: one per "
+        "thread; 1: one after another, each on every thread). The build kept is the same either way.",
+    )
     b.add_argument("--no-cache", action="store_true", help="Neither read nor fill the shared cache.")
     b.add_argument("--quiet", action="store_true", help="No progress bar.")
 
@@ -178,6 +187,8 @@ def _build(args: argparse.Namespace) -> int:
         overrides["templated_success"] = args.templated_success
     if args.threads is not None:
         overrides["threads"] = args.threads
+    if args.attempts_at_once is not None:
+        overrides["attempts_at_once"] = args.attempts_at_once
     if args.hard_as_unknown is not None:
         overrides["hard_as_unknown"] = args.hard_as_unknown
     if args.sign_share is not None:
