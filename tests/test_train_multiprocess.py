@@ -7,58 +7,23 @@ MPI it runs one. Two CPU processes come from accelerate's torchrun launcher with
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
 
+from tests.procs import launched, outliving, signal_all
 from tests.tiny_world import build_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 LAUNCH_TIMEOUT = 300  # a run takes 20-40 s; pytest's own timeout (600 s) would lose every output
-
-
-def launched(tag: str) -> dict[int, str]:
-    """The live processes (not zombies) started by one launch: those whose environment holds
-    P2O_TEST_LAUNCH=tag. torchrun starts each rank in its own session, and a rank whose launcher died
-    belongs to no tree of it, so the environment is what finds them all (Linux /proc)."""
-    found = {}
-    marker = f"P2O_TEST_LAUNCH={tag}".encode()
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            if marker not in (proc / "environ").read_bytes().split(b"\0"):
-                continue
-            stat = (proc / "stat").read_text()
-        except OSError:  # gone meanwhile, or not ours to read
-            continue
-        # pid (comm) state ...: comm may hold spaces, so split after its closing paren
-        if stat[stat.rindex(")") + 2 :].split()[0] != "Z":
-            found[int(proc.name)] = stat[stat.index("(") + 1 : stat.rindex(")")]
-    return found
-
-
-def outliving(tag: str, grace: float) -> dict[int, str]:
-    """The processes of launch `tag` still alive after `grace` seconds (none: empty)."""
-    end = time.monotonic() + grace
-    while (left := launched(tag)) and time.monotonic() < end:
-        time.sleep(0.2)
-    return left
-
-
-def signal_all(pids: Iterable[int], sig: int) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):  # exited meanwhile
-            os.kill(pid, sig)
 
 
 def launch_two(model: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:

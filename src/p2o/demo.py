@@ -452,6 +452,9 @@ def method_process(
     """A worker process of a parallel demo: one method's run, its output in its console.log, its
     progress, row or error sent to the parent through `messages`; `threads` torch threads to start
     with, then as many as the parent sets in `shared_threads`."""
+    from p2o.workers import die_with_parent
+
+    die_with_parent()
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(threads)
     line = RemoteLine(name, max_steps, messages, shared_threads)
@@ -494,6 +497,8 @@ def run_parallel(
     from rich.live import Live
     from rich.markup import escape
 
+    from p2o.workers import sigterm_as_exit
+
     ctx = multiprocessing.get_context("spawn")  # fork after torch's thread pools start can hang
     messages = ctx.Queue()
     lines = {n: MethodLine(n, max_steps) for n in methods}
@@ -535,7 +540,7 @@ def run_parallel(
         else contextlib.nullcontext()
     )
     try:
-        with live:
+        with live, sigterm_as_exit():
             while running or (waiting and not errors):
                 while waiting and not errors and len(running) < jobs:
                     name = waiting.pop(0)
@@ -588,7 +593,7 @@ def run_parallel(
                 lines[name].event = "not run: a method before it failed"
                 if not console.is_terminal:
                     console.print(lines[name].render())
-    except BaseException:  # Ctrl-C or the parent's own error: no orphans left training
+    except BaseException:  # Ctrl-C, SIGTERM or the parent's own error: no orphans left training
         for proc in running.values():
             proc.terminate()
         for proc in running.values():

@@ -101,7 +101,7 @@ class BuildSettings:
     # 48 unknown ones), their embeddings end up nearly alike, and distilling one hard operator's
     # rule moves the others onto it (docs/toy.md, "Telling the hard symbols apart": at 0.02, the
     # default since world 125, P²O's hard accuracy went from 0.371 to 0.992 on world 123 and from
-    # 0.414 to 0.965 on world 110). 0: the builds before the setting, bit for bit.
+    # 0.414 to 0.945 on world 110). 0: the builds before the setting, bit for bit.
     sign_share: float = 0.02
     copy_steps: int = 300
     copy_mix: tuple[float, float, float, float] = (0.7, 0.2, 0.1, 0.0)
@@ -659,6 +659,9 @@ def _attempt_process(
 
     import torch
 
+    from p2o.workers import die_with_parent
+
+    die_with_parent()
     torch.set_num_threads(threads)
     folder = Path(out)
     try:
@@ -696,9 +699,15 @@ def _attempts_side_by_side(
 
     import torch
 
+    from p2o.workers import sigterm_as_exit
+
     ctx = multiprocessing.get_context("spawn")
     tokenizer = build_tokenizer()
-    with tempfile.TemporaryDirectory(prefix="p2o-toy-attempts-") as tmp, _progress_many(progress) as bar:
+    with (
+        sigterm_as_exit(),
+        tempfile.TemporaryDirectory(prefix="p2o-toy-attempts-") as tmp,
+        _progress_many(progress) as bar,
+    ):
         first = 0
         while first <= settings.restarts:
             batch = list(range(first, min(first + at_once, settings.restarts + 1)))
