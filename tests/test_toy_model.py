@@ -342,10 +342,9 @@ def test_sign_examples_ask_for_the_symbol_and_leave_the_other_examples_alone():
     # no sign example in the copy phase
     rng = random.Random(0)
     assert all(pretraining_example(world, rng, on, copy_phase=True)[0] != "sign" for _ in range(500))
-    # the default since world 125 (docs/toy.md, "Telling the hard symbols apart")
-    assert settings_from("default").sign_share == 0.02
-    # share 0: no sign example, and no draw from the random stream for it, so the builds are those
-    # made before the setting existed
+    # share 0 (the default): no sign example, and no draw from the random stream for it, so the
+    # builds are those made before the setting existed
+    assert settings_from("default").sign_share == 0.0
     rarely = settings_from("default", sign_share=1e-12)  # never fires, but draws for it
     a, b = random.Random(1), random.Random(1)
     zero = [pretraining_example(world, a, off) for _ in range(300)]
