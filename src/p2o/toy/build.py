@@ -331,11 +331,17 @@ class BuildResult:
     reused: bool
 
 
-def _progress(enabled: bool, attempt: int = 0):
+def _progress(enabled: bool, attempt: int = 0, per_task: bool = False):
+    """The pre-training bar: one attempt's (named after it past the first), or with `per_task` one
+    line per task, each named by its description (attempts side by side)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    if per_task:
+        title = "[bold]toy pre-training[/] ({task.description})"
+    else:
+        title = "[bold]toy pre-training[/]" + (f" (attempt {attempt + 1})" if attempt else "")
     return Progress(
-        TextColumn("[bold]toy pre-training[/]" + (f" (attempt {attempt + 1})" if attempt else "")),
+        TextColumn(title),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("loss {task.fields[loss]:.3f}"),
@@ -708,7 +714,7 @@ def _attempts_side_by_side(
     with (
         sigterm_as_exit(),
         tempfile.TemporaryDirectory(prefix="p2o-toy-attempts-") as tmp,
-        _progress_many(progress) as bar,
+        _progress(progress, per_task=True) as bar,
     ):
         first = 0
         while first <= settings.restarts:
@@ -771,20 +777,6 @@ def _attempts_side_by_side(
                     proc.join()
             first += len(batch)
     raise AssertionError("the last attempt is always kept")  # pragma: no cover
-
-
-def _progress_many(enabled: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(
-        TextColumn("[bold]toy pre-training[/] ({task.description})"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.3f}"),
-        TimeRemainingColumn(),
-        disable=not enabled,
-        transient=False,
-    )
 
 
 def _train_and_save(dest: Path, seed: int, settings: BuildSettings, progress: bool) -> dict[str, Any]:
