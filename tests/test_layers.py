@@ -20,6 +20,7 @@ RANKS = {
     "plugins": 0,
     "files": 0,
     "devices": 0,
+    "workers": 0,  # worker processes that end with their command (stdlib only)
     "cliutil": 1,
     "tasks": 2,
     "templates": 3,
