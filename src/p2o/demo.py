@@ -713,7 +713,10 @@ def run_world(
             contextlib.nullcontext() if cached else elapsed_line(console, building),
             captured_output(out / "build.log"),
         ):
-            model = str(ensure_toy_model(seed=seed, progress=False, **world_options))
+            # With worker processes anyway (jobs > 1), the build's attempts run side by side too, one
+            # per thread (both start processes with spawn: a script must guard its entry point).
+            side = 0 if jobs > 1 else 1
+            model = str(ensure_toy_model(seed=seed, progress=False, attempts_at_once=side, **world_options))
     check_model_world(model, seed, world_options)
     report = build_report(model)
     build = build_summary(report)

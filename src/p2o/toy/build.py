@@ -121,10 +121,12 @@ class BuildSettings:
     threads: int = 0
     # Attempts trained at once, each in its own process on one of the `threads` threads; 0 = one per
     # thread (with two threads, attempts 1 and 2 start together, then 3 and 4, then 5). A 0.45M
-    # model hardly runs faster on two threads than on one, so a pair takes about the time of one
-    # attempt (docs/toy.md, "Attempts side by side"). The build kept is the one made one attempt
-    # after another: the first attempt that passes, so this too is not part of the fingerprint.
-    attempts_at_once: int = 0
+    # model hardly runs faster on two threads than on one, so a pair takes about 1.3 attempts' time
+    # (docs/toy.md, "Attempts side by side"). The build kept is the one made one attempt after
+    # another: the first attempt that passes, so this too is not part of the fingerprint. 1 (one
+    # after another) by default in Python, because the attempts start with multiprocessing's spawn,
+    # which re-runs a script's unguarded top-level code; `p2o toy build` and `p2o demo` use 0.
+    attempts_at_once: int = 1
 
     def __post_init__(self) -> None:
         if self.attempts_at_once < 0:
@@ -220,8 +222,12 @@ def fingerprint(seed: int, settings: BuildSettings) -> str:
 def default_cache_dir(seed: int = 0, settings: BuildSettings | None = None) -> Path:
     """`$P2O_CACHE/toy/seed-N` (default `~/.cache/p2o`); non-default settings get a suffix."""
     root = Path(os.environ.get("P2O_CACHE") or Path.home() / ".cache" / "p2o") / "toy"
-    settings = dataclasses.replace(settings or PRESETS["default"], threads=0, attempts_at_once=0)
-    if settings == PRESETS["default"]:
+
+    def plain(s: BuildSettings) -> BuildSettings:  # what does not change the build
+        return dataclasses.replace(s, threads=0, attempts_at_once=1)
+
+    settings = plain(settings or PRESETS["default"])
+    if settings == plain(PRESETS["default"]):
         return root / f"seed-{seed}"
     tag = hashlib.sha256(json.dumps(asdict(settings), sort_keys=True).encode()).hexdigest()[:8]
     return root / f"seed-{seed}-{tag}"

@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="attempts_at_once",
         type=int,
         default=None,
-        help="Attempts trained side by side, each in its own process on one thread (default: one per "
+        help="Attempts trained side by side, each in its own process on one thread (default 0: one per "
         "thread; 1: one after another, each on every thread). The build kept is the same either way.",
     )
     b.add_argument("--no-cache", action="store_true", help="Neither read nor fill the shared cache.")
@@ -187,8 +187,9 @@ def _build(args: argparse.Namespace) -> int:
         overrides["templated_success"] = args.templated_success
     if args.threads is not None:
         overrides["threads"] = args.threads
-    if args.attempts_at_once is not None:
-        overrides["attempts_at_once"] = args.attempts_at_once
+    # One attempt per thread unless told: the command line is the guarded entry point that the
+    # spawned attempt processes need (BuildSettings.attempts_at_once).
+    overrides["attempts_at_once"] = 0 if args.attempts_at_once is None else args.attempts_at_once
     if args.hard_as_unknown is not None:
         overrides["hard_as_unknown"] = args.hard_as_unknown
     if args.sign_share is not None:
