@@ -687,9 +687,7 @@ def _attempt_process(
 
         a = _run_attempt(world, tokenizer, seed, settings, attempt, False, on_step)
         torch.save(a.model.state_dict(), folder / "model.pt")
-        record = {
-            k: getattr(a, k) for k in ("log", "checks", "calibration", "figures", "why", "measure_seconds")
-        }
+        record = {k: v for k, v in vars(a).items() if k not in ("attempt", "model")}
         (folder / "attempt.json.tmp").write_text(json.dumps(record))
         os.replace(folder / "attempt.json.tmp", folder / "attempt.json")
     except BaseException:
@@ -700,6 +698,7 @@ def _attempt_process(
 def _attempts_side_by_side(
     seed: int,
     settings: BuildSettings,
+    tokenizer: Any,
     at_once: int,
     threads: int,
     progress: bool,
@@ -716,7 +715,10 @@ def _attempts_side_by_side(
     from p2o.workers import sigterm_as_exit
 
     ctx = multiprocessing.get_context("spawn")
-    tokenizer = build_tokenizer()
+
+    def show(shared: Any, task: Any) -> None:
+        bar.update(task, completed=shared[0], total=shared[1], loss=shared[2])
+
     with (
         sigterm_as_exit(),
         tempfile.TemporaryDirectory(prefix="p2o-toy-attempts-") as tmp,
@@ -745,7 +747,7 @@ def _attempts_side_by_side(
                     while proc.is_alive():
                         for p, shared, task, _ in running.values():
                             if p.is_alive():
-                                bar.update(task, completed=shared[0], total=shared[1], loss=shared[2])
+                                show(shared, task)
                         proc.join(0.25)
                     record = folder / "attempt.json"
                     if proc.exitcode != 0 or not record.exists():
@@ -761,18 +763,8 @@ def _attempts_side_by_side(
                         model = build_model(tokenizer, settings.size, attempt_seed(seed, a))
                         model.load_state_dict(torch.load(folder / "model.pt", weights_only=True))
                         model.eval()
-                    done = _Attempt(
-                        a,
-                        model,
-                        r["log"],
-                        r["checks"],
-                        r["calibration"],
-                        r["figures"],
-                        r["why"],
-                        r["measure_seconds"],
-                    )
-                    _, shared, task, _ = running[a]
-                    bar.update(task, completed=shared[0], total=shared[1], loss=shared[2])
+                    done = _Attempt(attempt=a, model=model, **r)
+                    show(*running[a][1:3])
                     if done.why is None:
                         return done
                     discard(done)
@@ -803,7 +795,7 @@ def _train_and_save(dest: Path, seed: int, settings: BuildSettings, progress: bo
             _say_restart(seed, a.attempt, settings.restarts, str(a.why))
 
         if at_once > 1:
-            kept = _attempts_side_by_side(seed, settings, at_once, used_threads, progress, discard)
+            kept = _attempts_side_by_side(seed, settings, tokenizer, at_once, used_threads, progress, discard)
         else:
             for attempt in range(settings.restarts + 1):
                 kept = _run_attempt(world, tokenizer, seed, settings, attempt, progress)
